@@ -148,7 +148,7 @@ def agreeing_given(h: Graph, given: Sequence[Tensor | None]) -> list[Tensor | No
     or None where no two are related.  First the given maps a map pools into become pools of one
     map of its cells: of the given map itself, or of the cells that fit them best
     (:func:`_least_squares_cells`; a map's quadrants and both its pairs of halves, three
-    coarsenings none nested in another: ca_rev112, ca_rev113), the coarsest maps first; then the
+    coarsenings none nested in another: ca_rev112, ca_rev113), the finest maps first; then the
     cells of each component of :func:`joined_given_blocks` are scaled, map by map, to the mean
     mass of the component over the given maps there (two coarsenings sharing a block; the leaves
     of a star pooled onto its centre).  Rounded to float32 apart they differ by rounding, no map
@@ -161,7 +161,11 @@ def agreeing_given(h: Graph, given: Sequence[Tensor | None]) -> list[Tensor | No
     out = list(given)
     batch = next(q for q in given if q is not None).shape[0]
     flat = {k: q.reshape(batch, -1) for k, q in enumerate(given) if q is not None}
-    for m in reversed(h.order):  # the given maps a map pools into: pools of one map of it
+    # the given maps a map pools into become pools of one map of it, the finest maps first: a map's fit
+    # moves the given maps it reaches, and a given map among them fixes those below it only afterwards
+    # (coarsest first, a given map between scored maps had fixed them before a finer map's fit moved it,
+    # and they stayed 1.6e-9 apart: a float32 solve's temperature gradient NaN, ca_rev280)
+    for m in h.order:
         below = reach[0][m]
         if len(below) + int(mask[m]) < 2:
             continue

@@ -2233,3 +2233,203 @@ def test_ca_rev228_the_backward_s_constants_are_those_math_md_states():
     assert (hessian.ROUNDING_UNITS, hessian.STALL_ITERATIONS) == (16.0, 3)
     assert inspect.signature(hessian.DualHessian.factor).parameters["ridge"].default == 1e-12
     assert "rtol = 1e-10 if dtype == torch.float64 else 1e-5" in inspect.getsource(hessian._implicit_vjp)
+
+
+# ---- ca_rev279 (mutation testing of hessian.py)
+
+
+def _ca_rev279_system(batch=2):
+    inst = random_graph_instance("mixed-two-resolutions", batch=batch, seed=3, scale=2.0)
+    sol = ca.solve(inst.scores, inst.h, "dual", temperature=inst.temps, tol=1e-12)
+    hess = get_hessian(inst.h, "cpu")
+    rhs = hess.centre(torch.randn(batch, hess.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))
+    return inst, [p.clone() for p in sol.probs], hess, rhs
+
+
+def test_ca_rev279_a_tolerance_equal_to_the_starting_residual_is_met_without_iterating():
+    """Kills ``relres <= rtol`` changed to ``<`` in solve_psd's ``stopped()``: the iterate ``w = 0`` has relative
+    residual exactly 1, so ``rtol = 1`` is met before any iteration (the final check on the true residual is
+    inclusive too, which let the inclusivity test pass when the iteration's own test was strict)."""
+    inst, probs, hess, rhs = _ca_rev279_system()
+    for dense_limit in (0, hess.dim):
+        w, relres, iterations, solved = solve_psd(hess, probs, inst.temps, rhs, 1.0, 50, dense_limit=dense_limit)
+        assert bool(solved.all()) and iterations.tolist() == [0, 0] and bool((w == 0).all())
+        assert relres.tolist() == [1.0, 1.0]
+
+
+def test_ca_rev279_a_sample_whose_iteration_goes_non_finite_stops_at_once_and_is_not_solved():
+    """Kills dropping ``torch.isfinite(relres)`` from solve_psd's ``active``: a sample with a NaN probability (finite
+    right-hand side) has a NaN residual after one iteration; it stops there, unsolved, instead of being iterated to
+    ``max_iter``, and the other sample is solved as alone."""
+    inst, probs, hess, rhs = _ca_rev279_system()
+    probs[0][1].view(-1)[0] = math.nan
+    alone = solve_psd(hess, [p[:1] for p in probs], inst.temps, rhs[:1], 1e-11, 200, dense_limit=0)
+    for dense_limit in (0, hess.dim):
+        w, _, iterations, solved = solve_psd(hess, probs, inst.temps, rhs, 1e-11, 200, dense_limit=dense_limit)
+        assert solved.tolist() == [True, False] and int(iterations[1]) <= 1, iterations
+    torch.testing.assert_close(w[0], solve_psd(hess, [p[:1] for p in probs], inst.temps, rhs[:1], 1e-11, 200,
+                                               dense_limit=hess.dim)[0][0], rtol=0, atol=1e-12)
+    assert bool(alone[3].all())
+
+
+def test_ca_rev279_a_solve_that_reaches_its_floor_on_its_last_iteration_is_accepted(monkeypatch):
+    """Kills removing solve_psd's check of the last iterate (``if bool(active.any()): solved = stopped(relres)``):
+    the final check on the true residual accepts the rounding floor only where the iteration had (``floored``), so
+    a sample that stalls at its floor exactly on iteration ``max_iter`` was refused where one more allowed iteration
+    accepted it.  The floor is made to hold every residual (ROUNDING_UNITS 1e30) and the tolerance 0."""
+    import convex_attention.hessian as hessian_module
+    from convex_attention.bench.graph_targets import draw_instance
+
+    h, scores, temps = draw_instance("axial", 32, torch.Generator().manual_seed(0), (-1.0, 1.0), 1, scale=2.0)
+    probs = ca.solve(scores, h, "dual", temperature=temps, tol=1e-12).probs
+    hess = get_hessian(h, "cpu")
+    rhs = hess.centre(torch.randn(1, hess.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))
+    monkeypatch.setattr(hessian_module, "ROUNDING_UNITS", 1e30)
+    _, _, iterations, solved = solve_psd(hess, probs, temps, rhs, 0.0, 1000, dense_limit=0)
+    used = int(iterations[0])
+    assert bool(solved.all()) and STALL_ITERATIONS < used < 1000
+    _, _, iterations, solved = solve_psd(hess, probs, temps, rhs, 0.0, used, dense_limit=0)
+    assert bool(solved.all()) and int(iterations[0]) == used
+    _, _, _, solved = solve_psd(hess, probs, temps, rhs, 0.0, used - 1, dense_limit=0)
+    assert not bool(solved.any())
+
+
+def test_ca_rev279_a_restart_never_takes_the_solve_past_max_iter(monkeypatch):
+    """Kills the restart's budget ``max_iter - iterations`` changed to ``max_iter``: an iterate whose true residual
+    is far from the tracked one (simulated: ``w`` perturbed where its true residual is first measured) is restarted
+    for the iterations its sample has left only, none where it used them all (it comes back unsolved), so the
+    iterations reported never exceed ``max_iter``, and those it used are counted."""
+    import convex_attention.hessian as hessian_module
+
+    monkeypatch.setattr(hessian_module, "STALL_ITERATIONS", 10 ** 6)
+    inst, probs, hess, rhs = _ca_rev279_system()
+    _, _, used, solved = solve_psd(hess, probs, inst.temps, rhs, 1e-11, 1000, dense_limit=0)
+    assert bool(solved.all())
+    real = DualHessian.residual_and_floor
+    kick = hess.centre(torch.randn(rhs.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64))
+
+    def drifted(self, probs, temps, x, rhs, peaks=None):
+        if not calls:
+            x.add_(kick)  # the solver's own w, in place
+        calls.append(1)
+        return real(self, probs, temps, x, rhs, peaks)
+
+    monkeypatch.setattr(DualHessian, "residual_and_floor", drifted)
+    for extra in (0, 2):
+        calls: list = []
+        limit = int(used.max()) + extra
+        _, relres, iterations, solved = solve_psd(hess, probs, inst.temps, rhs, 1e-11, limit, dense_limit=0)
+        assert iterations.tolist() == [limit, limit] and not bool(solved.any()) and float(relres.min()) > 1e-11
+
+
+def test_ca_rev279_the_cancelling_bound_lets_a_cell_near_one_cancel_its_own_error():
+    """Kills ``(1 - 2 * p)`` changed to ``(1 - p)`` in ``_cancelling``: the documented bound
+    ``p ∘ ((1 − 2p) ∘ |e| + <p, |e|>) / τ`` of a map with a cell of probability ``1 − 1e-12`` and the error on that
+    cell is ``~2e-12 / τ``, not ``~1 / τ`` (which refused right gradients of peaked maps as beyond rounding)."""
+    from convex_attention.hessian import _cancelling
+
+    q = 1e-12
+    p = torch.tensor([[1 - 2 * q, q, q]], dtype=torch.float64)
+    v = torch.tensor([[1.0, 0.0, 0.0]], dtype=torch.float64)
+    got = float(_cancelling([p], [0.5], [v], [v], [None], None)[0, 0])
+    e = v.abs()
+    want = float((p * ((1 - 2 * p) * e + (p * e).sum()) / 0.5).max())
+    assert math.isclose(got, want, rel_tol=1e-12) and got < 1e-10, (got, want)
+
+
+def _ca_rev279_backward():
+    """The mixed two-resolution system (D = 10, four maps), two samples, and a loss's gradients on its maps."""
+    inst, probs, hess, _ = _ca_rev279_system()
+    g = torch.Generator().manual_seed(5)
+    grads = [torch.randn(p.shape, generator=g, dtype=torch.float64) for p in probs]
+    return inst, probs, hess, grads, g
+
+
+def test_ca_rev279_the_second_opinion_solves_the_system_with_the_loss_on_the_duals():
+    """Kills ``_second_opinion`` leaving ``on_duals`` out of its right-hand side (no other test reaches a second
+    opinion with a loss on the duals any more): the gradient of the whole system agrees with it, and it is refused
+    where the loss on the duals is not passed."""
+    from convex_attention.hessian import _second_opinion
+
+    inst, probs, hess, grads, g = _ca_rev279_backward()
+    u = 1e-2 * hess.centre(hess.matvec(probs, inst.temps, torch.randn(2, hess.dim, generator=g, dtype=torch.float64)))
+    right = implicit_vjp(inst.h, probs, inst.temps, grads, dual_grads=hess.split(u))
+    assert _second_opinion(hess, probs, inst.temps, grads, None, right, 1e-6, 100, on_duals=u).tolist() == [True] * 2
+    assert _second_opinion(hess, probs, inst.temps, grads, None, right, 1e-6, 100).tolist() == [False] * 2
+
+
+def test_ca_rev279_the_second_opinion_holds_a_map_to_the_smaller_of_the_two_answers_sizes():
+    """Kills ``torch.minimum`` changed to ``torch.maximum`` in ``_second_opinion``'s ``held``: a measured map whose
+    gradient is 1e-4 of the sample's largest off must disagree, even where the unmeasured maps of the answer checked
+    are 1e6 times too large (held to that answer's sizes, the measured map's tolerance grew 1000-fold)."""
+    from convex_attention.hessian import _second_opinion
+
+    inst, probs, hess, grads, _ = _ca_rev279_backward()
+    right = implicit_vjp(inst.h, probs, inst.temps, grads)
+    keep = torch.tensor([True] + [False] * (len(right) - 1))
+    top = max(float(o.abs().amax()) for o in right)
+    inflated = [o * 1e6 for o in right[1:]]
+    assert _second_opinion(hess, probs, inst.temps, grads, None, [right[0]] + inflated, 1e-6, 100,
+                           keep=keep).tolist() == [True] * 2
+    assert _second_opinion(hess, probs, inst.temps, grads, None, [right[0] + 1e-4 * top] + inflated, 1e-6, 100,
+                           keep=keep).tolist() == [False] * 2
+
+
+def test_ca_rev279_a_second_opinion_that_could_not_be_solved_agrees_with_nothing():
+    """Kills ``_second_opinion``'s ``usable`` accepting any relative residual (``relres <= 1``): with no iteration
+    allowed its solve is ``w = 0``, unsolved, and it must not agree with the gradient formed at ``w = 0``."""
+    from convex_attention.hessian import _recentred, _second_opinion
+
+    inst, probs, hess, grads, _ = _ca_rev279_backward()
+    at_zero = [DualHessian.apply_J(p, _recentred(p, v), t) for p, v, t in zip(probs, grads, inst.temps)]
+    assert _second_opinion(hess, probs, inst.temps, grads, None, at_zero, 1e-6, 0).tolist() == [False] * 2
+    right = implicit_vjp(inst.h, probs, inst.temps, grads)
+    assert _second_opinion(hess, probs, inst.temps, grads, None, right, 1e-6, 100).tolist() == [True] * 2
+
+
+def test_ca_rev279_a_sample_solved_by_the_cholesky_retry_is_not_marked_as_solved_by_the_pseudo_inverse(monkeypatch):
+    """Kills ``by_pseudo_inverse[rows] = again[3] & spectral`` losing its ``& spectral``: block-Jacobi allowed 2
+    iterations leaves both samples unsolved and the dense Hessian's Cholesky retry solves them; they are not marked
+    as the pseudo-inverse's (whose second opinion would then be the Cholesky-preconditioned solve, not the
+    pseudo-inverse that has not solved them)."""
+    import inspect
+
+    import convex_attention.hessian as hessian_module
+
+    inst, probs, _, grads, _ = _ca_rev279_backward()
+    seen = []
+    real = hessian_module._refined
+
+    def spy(*args, **kwargs):
+        seen.append(inspect.signature(real).bind(*args, **kwargs).arguments["by_pseudo_inverse"].clone())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(hessian_module, "_refined", spy)
+    implicit_vjp(inst.h, probs, inst.temps, grads, max_iter=2, dense_limit=0)
+    assert len(seen) == 1 and seen[0].tolist() == [False, False]
+
+
+def test_ca_rev279_a_signal_held_exactly_under_a_large_constant_is_not_zeroed_as_rounding():
+    """Kills the implicit backward's noise screen sized on the incoming gradients ``v`` instead of the recentred
+    ``v − <p, v>``: ``v = 2^27 + s`` with ``s`` a few units in the last place of 2^27 (held exactly) has the
+    gradient of ``s`` alone (a constant moves nothing); sized on ``v`` the screen read its right-hand side as
+    rounding and returned 0."""
+    inst, probs, _, _, g = _ca_rev279_backward()
+    ulp = 2.0 ** -25
+    signal = [torch.randint(-8, 9, p.shape, generator=g).to(torch.float64) * ulp for p in probs]
+    want = implicit_vjp(inst.h, probs, inst.temps, signal)
+    got = implicit_vjp(inst.h, probs, inst.temps, [2.0 ** 27 + s for s in signal])
+    top = max(float(w.abs().max()) for w in want)
+    assert top > 0 and max(float((a - b).abs().max()) for a, b in zip(got, want)) <= 1e-6 * top
+
+
+def test_ca_rev279_solve_psd_solves_a_right_hand_side_far_below_unit_size_in_float32():
+    """Kills dropping solve_psd's own scaling to unit size (``_unit_scaled``; implicit_vjp scales its inputs, so
+    only a direct caller sees it): a float32 right-hand side of 1e-25 (its conjugate gradients' inner products
+    underflow) is solved as the same system at unit size, scaled."""
+    inst, probs, hess, rhs = _ca_rev279_system()
+    probs32, rhs32 = [p.float() for p in probs], rhs.float()
+    w, _, _, solved = solve_psd(hess, probs32, inst.temps, rhs32, 1e-5, 200, dense_limit=0)
+    tiny_w, relres, _, tiny_solved = solve_psd(hess, probs32, inst.temps, rhs32 * 1e-25, 1e-5, 200, dense_limit=0)
+    assert bool(solved.all()) and bool(tiny_solved.all()) and float(relres.max()) <= 1e-5
+    torch.testing.assert_close(tiny_w.double() * 1e25, w.double(), rtol=1e-3, atol=1e-3 * float(w.abs().max()))

@@ -254,3 +254,85 @@ def test_tensor_values_read_at_once_reads_0d_tensors_under_a_torch_func_transfor
 
     torch.func.grad(loss)(torch.tensor([1.5, -2.0], dtype=torch.float64))
     assert seen == [[1.5, 2.5, 0.25]]
+
+
+# ---- ca_rev280 (mutation testing of given_maps.py and _ops.py)
+
+def test_ca_rev280_log_softmax_forward_mode_keeps_an_underflowed_cell_s_tangent():
+    """Kills level_softmax's underflowed-cell detach applied to log=True as well (it is for probabilities only): the
+    log-probability of a cell whose probability underflows (x = (0, −1000), τ = 1) has the finite τ-derivative
+    1000/τ², as reverse mode gives it; detached, forward mode returned 0."""
+    import torch.autograd.forward_ad as fwad
+
+    x = torch.tensor([[0.0, -1000.0]], dtype=torch.float64)
+    tau = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
+    reverse = torch.stack([torch.autograd.grad(_ops.level_softmax(x, tau, log=True)[0, i], tau)[0] for i in range(2)])
+    with fwad.dual_level():
+        out = _ops.level_softmax(x, fwad.make_dual(tau, torch.tensor(1.0, dtype=torch.float64)), log=True)
+        tangent = fwad.unpack_dual(out).tangent.reshape(-1)
+    torch.testing.assert_close(reverse, torch.tensor([0.0, 1000.0], dtype=torch.float64))
+    torch.testing.assert_close(tangent, reverse)
+
+
+def test_ca_rev280_tensors_read_at_once_are_read_in_their_promoted_dtype():
+    """Kills tensor_values_read_at_once reading the stack in the first tensor's dtype or in float32: a float16 0.5
+    beside a float64 0.1 reads 0.1 exactly (float16 read 0.0999755859375, float32 0.10000000149)."""
+    values = _ops.tensor_values_read_at_once([torch.tensor(0.5, dtype=torch.float16),
+                                              torch.tensor(0.1, dtype=torch.float64)])
+    assert values == [0.5, 0.1]
+
+
+def test_ca_rev280_temperature_floats_reads_a_temperature_tensor_s_values():
+    """Kills temperature_floats taking every (M,) temperature tensor for a meta one (ones stand in)."""
+    assert _ops.temperature_floats(torch.tensor([0.5, 2.0], dtype=torch.float64)) == [0.5, 2.0]
+
+
+def test_ca_rev280_numbers_beside_mixed_tensors_are_left_as_given():
+    """Kills tensor_values_read_at_once converting the numbers too where the tensors are read one by one (integer
+    and floating tensors: its docstring leaves the numbers as given, for checks of their own)."""
+    values = _ops.tensor_values_read_at_once([torch.tensor(3), torch.tensor(0.5), 2])
+    assert values == [3.0, 0.5, 2] and type(values[2]) is int
+
+
+def test_ca_rev280_a_temperature_at_the_second_order_floor_is_not_guarded():
+    """Kills guard_below_floor's ``coldest < floor`` → ``<=``: the floor is the smallest temperature at which a
+    second derivative cannot overflow, so at it the tensors come back as they were."""
+    x = torch.ones(2, requires_grad=True)
+    floor = _ops.second_order_temperature_floor(torch.float32)
+    (kept,) = _ops.guard_below_floor([x], [1.0, floor], torch.float32, "who")
+    assert kept is x
+
+
+def test_ca_rev280_first_order_only_passes_a_first_derivative_unjudged():
+    """Kills FirstOrderOnly judging every first derivative (``ctx.built_second_order`` dropped): without a graph
+    built for a second order, the first derivative passes as it is, inf included (d(y²)/dy at y = 2e38 in float32)."""
+    x = torch.tensor([2e38], dtype=torch.float32, requires_grad=True)
+    refusal = functools.partial(_ops.overflowed, "who", 1e-30, torch.float32)
+    y = _ops.FirstOrderOnly.apply(x, refusal)
+    (grad,) = torch.autograd.grad((y * y).sum(), x)
+    assert grad.tolist() == [float("inf")]
+
+
+def test_ca_rev280_second_order_guard_refuses_a_non_finite_tangent_in_forward_mode():
+    """Kills SecondOrderGuard's jvp passing a non-finite tangent on (its docstring: forward mode refuses the same
+    way), under torch.func.jvp; a finite tangent passes unchanged."""
+    refusal = functools.partial(_ops.overflowed, "who", 1e-30, torch.float32)
+
+    def guarded(x):
+        return _ops.SecondOrderGuard.apply(x, refusal)
+
+    x = torch.tensor([1.0])
+    assert torch.func.jvp(guarded, (x,), (torch.tensor([2.0]),))[1].tolist() == [2.0]
+    with pytest.raises(FloatingPointError, match="who: a second derivative overflowed"):
+        torch.func.jvp(guarded, (x,), (torch.tensor([float("inf")]),))
+
+
+def test_ca_rev280_log_at_least_one_floors_at_one_with_log_s_gradient_at_one():
+    """Kills log_at_least_one's floor dropped (a wholly masked block's 0 gave −inf) and ``sums < 1`` → ``<=`` (a
+    block summing to exactly 1 passed no gradient: ca_rev240): log(max(s, 1)) at (0, 0.5, 1, 4), gradient
+    (0, 0, 1, 0.25)."""
+    sums = torch.tensor([0.0, 0.5, 1.0, 4.0], dtype=torch.float64, requires_grad=True)
+    out = _ops.log_at_least_one(sums)
+    torch.testing.assert_close(out.detach(), torch.tensor([0.0, 0.0, 0.0, 4.0], dtype=torch.float64).clamp_min(1).log())
+    (grad,) = torch.autograd.grad(out.sum(), sums)
+    assert grad.tolist() == [0.0, 0.0, 1.0, 0.25]
