@@ -11,14 +11,14 @@ from collections.abc import Sequence
 
 import torch
 
-from ..hierarchy import Hierarchy
+from ..graph import Graph
 from ..methods import get_method
 from ..solve import consistency_loss, solve
 
 __all__ = ["make_case", "timed_case", "amortised_case", "shape_str"]
 
 
-def make_case(method: str, h: Hierarchy, batch: int, dtype=torch.float32, device="cpu", temperature=1.0,
+def make_case(method: str, h: Graph, batch: int, dtype=torch.float32, device="cpu", temperature=1.0,
               seed: int = 0, scores: Sequence[torch.Tensor] | None = None, options: dict | None = None,
               last: dict | None = None):
     """A forward closure for :func:`measure_interleaved` on seeded random scores.
@@ -87,5 +87,5 @@ def amortised_case(method, h, scores, weights, temps, amortiser, last: dict | No
     return forward
 
 
-def shape_str(h: Hierarchy) -> str:
+def shape_str(h: Graph) -> str:
     return "+".join("x".join(map(str, s)) for s in h.shapes)

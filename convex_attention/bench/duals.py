@@ -6,13 +6,13 @@ from __future__ import annotations
 import torch
 
 from .. import nn
-from ..hierarchy import Hierarchy
+from ..graph import Graph
 from ..solve import consistency_loss
 
 __all__ = ["fit_shared_duals", "fit_amortiser"]
 
 
-def fit_shared_duals(h: Hierarchy, train_scores, temps, steps: int, dtype=torch.float32, device="cpu",
+def fit_shared_duals(h: Graph, train_scores, temps, steps: int, dtype=torch.float32, device="cpu",
                      lr: float = 0.05) -> list[torch.Tensor]:
     """The paper's setting: one λ for all inputs, fitted by Adam on the consistency loss
     of training instances drawn from the same score distribution."""
@@ -27,7 +27,7 @@ def fit_shared_duals(h: Hierarchy, train_scores, temps, steps: int, dtype=torch.
     return [d.detach() for d in duals()]
 
 
-def fit_amortiser(h: Hierarchy, train_scores, temps, steps: int, dtype=torch.float32, device="cpu", seed: int = 0,
+def fit_amortiser(h: Graph, train_scores, temps, steps: int, dtype=torch.float32, device="cpu", seed: int = 0,
                   **kwargs):
     """The amortised dual: a :class:`convex_attention.nn.AmortisedDuals` network mapping a
     sample's scores to its duals, trained on ``train_scores`` (``L`` tensors

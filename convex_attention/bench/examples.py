@@ -218,7 +218,7 @@ def save_example(out_dir: str, generator: str = "lesion", size: int = 32, levels
                                    amortised_steps=amortised_steps, fit_max_values=fit_max_values))
     buf = io.BytesIO()
     np.savez(buf, levels=np.array(levels), temperature=np.array(temps),
-             settings=np.array(json.dumps(settings, sort_keys=True)), **arrays)
+             settings=np.array(json.dumps(settings, sort_keys=True)), **arrays)  # type: ignore[arg-type]
     path = os.path.join(out_dir, "example.npz")
     atomic_write_bytes(path, buf.getvalue())
     return path

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -28,7 +29,7 @@ from ..hierarchy import Hierarchy
 __all__ = ["GENERATORS", "generate", "gaussian_scores", "lesion_scores", "register_generator", "random_parents"]
 
 
-def gaussian_scores(h: Hierarchy, batch: int, seed: int = 0, scale: float = 1.0) -> list[Tensor]:
+def gaussian_scores(h: Graph, batch: int, seed: int = 0, scale: float = 1.0) -> list[Tensor]:
     """N(0, scale²) scores (it takes no other option: a misspelt one is a TypeError, not dropped, ca_rev129)."""
     g = torch.Generator().manual_seed(seed)
     return [scale * torch.randn((batch,) + s, generator=g, dtype=torch.float64) for s in h.shapes]
@@ -44,7 +45,7 @@ def _blob_map(shape: tuple[int, ...], batch: int, g: torch.Generator, max_blobs:
             centre = torch.rand(len(shape), generator=g, dtype=torch.float64)
             width = 0.03 + 0.12 * torch.rand(len(shape), generator=g, dtype=torch.float64)
             height = 0.5 + 0.5 * float(torch.rand(1, generator=g, dtype=torch.float64))
-            d2 = sum(((c - centre[i]) / width[i]) ** 2 for i, c in enumerate(coords))
+            d2 = cast(Tensor, sum(((c - centre[i]) / width[i]) ** 2 for i, c in enumerate(coords)))
             out[b] += height * torch.exp(-0.5 * d2)
     return out.clamp(max=1.0)
 
@@ -63,6 +64,7 @@ def lesion_scores(h: Graph, batch: int, seed: int = 0, scale: float = 1.0, noise
         return gaussian_scores(h, batch, seed, scale)
     blobs = _blob_map(h.shapes[0], batch, g)
     scores = []
+    assert h.factors is not None  # (a grid: is_grid above)
     for k, shape in enumerate(h.shapes):
         if k > 0:
             blobs = h.aggregate(blobs, k - 1) / math.prod(h.factors[k - 1])
@@ -119,7 +121,7 @@ def register_generator(name: str, fn) -> None:
     GENERATORS[name] = fn
 
 
-def generate(name: str, h: Hierarchy, batch: int, seed: int = 0, scale: float = 1.0, **kwargs) -> list[Tensor]:
+def generate(name: str, h: Graph, batch: int, seed: int = 0, scale: float = 1.0, **kwargs) -> list[Tensor]:
     """Scores from a named generator (``gaussian``, ``lesion``, or a registered one):
     ``L`` float64 tensors ``(batch, *h.shapes[k])``.
 

@@ -177,7 +177,7 @@ def _pack(header: dict, arrays: Sequence[np.ndarray] = ()) -> bytes:
     body = b""
     if arrays:
         buf = io.BytesIO()
-        np.savez(buf, **{f"d{i}": a for i, a in enumerate(arrays)})
+        np.savez(buf, **{f"d{i}": a for i, a in enumerate(arrays)})  # type: ignore[arg-type]
         body = buf.getvalue()
     return _HEADER.pack(len(head)) + head + body
 

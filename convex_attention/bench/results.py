@@ -449,7 +449,7 @@ def _file_sha256(path: str) -> str | None:
 def run_inputs(config) -> dict:
     """bench.json's ``inputs``: the SHA-256 of the files the rows were measured from (the
     ``--checkpoint`` of ``--generator model``), for a resume to find them unchanged."""
-    new = asdict(config) if is_dataclass(config) else dict(config or {})
+    new = asdict(config) if is_dataclass(config) and not isinstance(config, type) else dict(config or {})
     if new.get("generator") == "model" and new.get("checkpoint"):
         digest = _file_sha256(new["checkpoint"])
         if digest is not None:
@@ -514,7 +514,7 @@ def check_resume_config(out_dir: str, config) -> None:
     rows while bench.json records no readable configuration (damaged, missing, no
     ``config``) is refused too: its rows' settings cannot be checked, and resuming would
     mix rows measured under other settings and record this run's for all of them."""
-    new = asdict(config) if is_dataclass(config) else dict(config or {})
+    new = asdict(config) if is_dataclass(config) and not isinstance(config, type) else dict(config or {})
     try:
         rows, problems = _bench_rows(out_dir)
     except (ResultsFormatError, OSError):
@@ -532,7 +532,9 @@ def check_resume_config(out_dir: str, config) -> None:
             f"start over, or choose another --out")
     _check_same_devices(out_dir, stored.get("devices"), new.get("devices"))
     _check_same_environment(out_dir, recorded.get("environment"), new)
-    inputs = recorded.get("inputs") if isinstance(recorded.get("inputs"), dict) else {}
+    inputs = recorded.get("inputs")
+    if not isinstance(inputs, dict):
+        inputs = {}
     if "checkpoint_sha256" in inputs and new.get("generator") == "model" and \
             stored.get("checkpoint") == as_json(new.get("checkpoint")):
         now = run_inputs(new).get("checkpoint_sha256")
@@ -584,7 +586,7 @@ def _check_same_devices(out_dir: str, stored, new) -> None:
     every cell twice (one run refuses such a pair as the same device listed twice)."""
     if not isinstance(stored, list) or not new:
         return
-    known = {}
+    known: dict = {}
     for dev in stored:
         with contextlib.suppress(RuntimeError, TypeError):  # a name torch cannot parse names no device of ours
             known.setdefault(device_identity(dev), dev)
@@ -825,7 +827,7 @@ class ResultsWriter:
         if stale:
             log(f"removed {len(stale)} temporary file(s) an interrupted run left in {out_dir}: {', '.join(stale)}")
         self.runs: list[dict] = []  # the earlier runs into this folder (resume): their load and threads
-        self.config = asdict(config) if is_dataclass(config) else dict(config or {})
+        self.config = asdict(config) if is_dataclass(config) and not isinstance(config, type) else dict(config or {})
         recorded: dict = {}  # bench.json being resumed, read once: its runs and its environment
         if resume:
             self._load()
@@ -948,7 +950,7 @@ class ResultsWriter:
         taken = set(self._cells.values())
         given = row.get("cell")
         try:
-            number = int(given)
+            number = int(given) if given is not None else -1  # (None: TypeError, as before)
         except (TypeError, ValueError):
             number = -1
         if number < 0 or number in taken:

@@ -27,7 +27,6 @@ from .. import cvx, metrics
 from ..cvx import BACKENDS, available_backends, backend_unavailable_reason, get_backend
 from ..dual import solve_dual
 from ..graph import Graph
-from ..hierarchy import Hierarchy
 from ..io.files import REASON_CHARS, error_reason, one_line
 from ..io.lock import results_lock
 from ..methods import get_method
@@ -385,7 +384,7 @@ def _generator_kwargs(config: SweepConfig) -> dict:
     return {"checkpoint": config.checkpoint} if config.generator == "model" else {}
 
 
-def _training_scores(config: SweepConfig, h: Hierarchy) -> list[torch.Tensor]:
+def _training_scores(config: SweepConfig, h: Graph) -> list[torch.Tensor]:
     """Training instances for the learned duals: seed ``seed + 1``, disjoint from the
     evaluated instances (seed ``seed``)."""
     return generate(config.generator, h, fit_instances(config, sum(h.sizes)), seed=config.seed + 1,

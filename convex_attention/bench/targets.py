@@ -19,6 +19,7 @@ import math
 import os
 import statistics
 from collections.abc import Sequence
+from typing import Any, cast
 
 import torch
 
@@ -43,7 +44,7 @@ CORE_COLUMNS = ("method", "backend", "status", "reason", "shapes", "batch", "dty
 CVX_RATIO = "cvxpylayers/exact per sample"
 #: The sides the core targets are set at (docs/performance.md): a run at others (``bench_core.py
 #: --tiny``, another ``--batch``) prints its ratios with no verdict.
-CORE_TARGET_SIDES = {"batch": 64, "shapes": ((64, 64), (32, 32)), "cvx_shapes": ((32, 32), (16, 16)),
+CORE_TARGET_SIDES: dict[str, Any] = {"batch": 64, "shapes": ((64, 64), (32, 32)), "cvx_shapes": ((32, 32), (16, 16)),
                      "dtype": "float32"}
 #: The device the core targets are set on (docs/performance.md, "CPU: the targets of the core
 #: issue"); cvxpylayers is timed on the CPU wherever exact runs, so a run of exact on another
@@ -283,7 +284,7 @@ def amortised_targets(rows: list[dict], unmeasured: Sequence[dict] = ()) -> list
         except ValueError:
             continue
         if method.needs_duals:
-            group = (structure(r), str(r.get("generator")), int(r.get("levels")))
+            group = (structure(r), str(r.get("generator")), int(cast(Any, r.get("levels"))))
             groups.add(group)
             if r.get("dual_kind") in ("zero", "amortised"):
                 cell_group[cell_key(r)] = group
@@ -303,7 +304,7 @@ def amortised_targets(rows: list[dict], unmeasured: Sequence[dict] = ()) -> list
                 continue
         except ValueError:
             continue
-        group = (structure(r), str(r.get("generator")), int(r.get("levels")))
+        group = (structure(r), str(r.get("generator")), int(cast(Any, r.get("levels"))))
         groups.add(group)
         waiting.setdefault(group, set()).add(cell_key(r))
         waiting_rows.add((cell_key(r), r.get("dual_kind")))

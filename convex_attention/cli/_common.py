@@ -147,7 +147,8 @@ class CommandParser(argparse.ArgumentParser):
         """The parser of the subcommand ``parsed`` names (``data``'s for ``data check``), or None."""
         for action in self._actions:
             if isinstance(action, argparse._SubParsersAction):
-                return action.choices.get(getattr(parsed, action.dest, None))
+                name = getattr(parsed, action.dest, None)
+                return None if name is None else action.choices.get(name)
         return None
 
     def error(self, message: str):

@@ -209,6 +209,7 @@ def _add_explain(sub) -> None:
                    help="class explained by the post-hoc methods: each image's true class (1, lesion: the "
                         "images explained hold a lesion) or the prediction (default: true)")
     explained = declared(ExperimentConfig)["n_explain"].kind  # the experiment's setting of the same images
+    assert isinstance(explained, Int) and explained.low is not None and explained.high is not None
     e.add_argument("--n-images", type=int_in(explained.low, explained.high, "n_images"), default=EXPLAINED_IMAGES,
                    metavar="N", help=f"the first N validation images with a lesion are explained; "
                                      f"{explained.describe()} (default: {EXPLAINED_IMAGES})")
@@ -664,7 +665,9 @@ def _explain_models(specs) -> tuple[dict, TrainConfig, tuple]:
     from ..paper.models import load_any_model
     from ..paper.train import data_not_rebuilt, stored_train_config
 
-    models, data, first = {}, None, None
+    models: dict = {}
+    data: TrainConfig | None = None
+    first: tuple | None = None
     for name, path in specs:
         try:
             models[name], state = load_any_model(path)
@@ -677,7 +680,7 @@ def _explain_models(specs) -> tuple[dict, TrainConfig, tuple]:
             raise UsageError(f"argument --checkpoints: {name}={path}: the checkpoint stores no training "
                              f"configuration and no config.json lies beside it, so its data cannot be rebuilt")
         _check_stored_model(name, path, config, state)
-        if first is None:
+        if first is None or data is None:
             first, data = (name, path), config
             continue
         mine, theirs = config.data_config(), data.data_config()
@@ -685,6 +688,7 @@ def _explain_models(specs) -> tuple[dict, TrainConfig, tuple]:
         if diff:
             raise UsageError(f"argument --checkpoints: {name}={path} was trained on other data than {first[0]}="
                              f"{first[1]} ({', '.join(diff)}); explain the models of one dataset at a time")
+    assert data is not None and first is not None  # (--checkpoints takes one or more)
     return models, data, first
 
 

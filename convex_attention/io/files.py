@@ -191,7 +191,7 @@ def _shown(c: str) -> str:
     return c
 
 
-def one_line(text: str, limit: int) -> str:
+def one_line(text: object, limit: int) -> str:
     """``text`` with every run of whitespace (newlines included) one space, every character
     that would act on a terminal instead of printing as its escape (:func:`_shown`: a
     solver's message had erased a table row and hidden the lines after it, ca_rev149), and at
