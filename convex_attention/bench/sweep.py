@@ -30,7 +30,7 @@ from ..graph import Graph
 from ..io.files import REASON_CHARS, error_reason, one_line
 from ..io.lock import results_lock
 from ..methods import get_method
-from ..solve import solve
+from ..solve import Solution, solve
 from .cases import amortised_case, make_case, shape_str, timed_case
 from .config import MIN_FIT_INSTANCES, SweepConfig, check_sweep, environment_device, fit_instances
 from .duals import fit_amortiser, fit_shared_duals
@@ -290,7 +290,7 @@ class _Cell:
     dtype: torch.dtype
     temps: list
     scores64: list  # M float64 CPU tensors (B, *shapes[k]): the evaluated (held-out) instances
-    reference64: object  # the reference Solution of scores64 (reference_solution)
+    reference64: Solution  # the reference Solution of scores64 (reference_solution)
     certified: bool  # whether the reference is certified (always on forests)
     scores: list  # scores64 in the cell's dtype and device, requiring grad
     weights: list  # the linear loss's weights, like scores

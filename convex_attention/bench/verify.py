@@ -70,7 +70,7 @@ import copy
 import functools
 import math
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
@@ -96,7 +96,7 @@ from ..graph import Graph
 from ..hierarchy import Hierarchy
 from ..io.files import atomic_csv, one_line
 from ..methods import get_method
-from ..solve import solve
+from ..solve import Solution, solve
 from .differences import five_point_derivative
 from .generators import generate, random_parents
 from .isolation import IsolatedSolver, SolverFailed, describe, load_solver, returned_duals
@@ -439,7 +439,7 @@ class _Layer:
     """The default backend's solution ("the layer"), why it is missing, and the tolerance
     its own certificate allows."""
 
-    solution: object
+    solution: Solution | None
     error: str | None
     tol: float
 
@@ -474,7 +474,8 @@ def _reference(rows: _Rows, h: Graph, scores, temps, tol: dict) -> _Reference | 
     return _Reference(ref_p, ref_d, f_star, normaliser)
 
 
-def _check_backends(rows: _Rows, h: Graph, scores, temps, ref: _Reference, backends, tol: dict):
+def _check_backends(rows: _Rows, h: Graph, scores, temps, ref: _Reference, backends,
+                    tol: dict) -> tuple[Solution | None, str | None]:
     """Every backend against the reference; returns the default backend's solution (the
     layer, solved here if it was not among ``backends``) and why it is missing."""
     cvx_method = get_method("cvxpylayers").name
@@ -487,6 +488,8 @@ def _check_backends(rows: _Rows, h: Graph, scores, temps, ref: _Reference, backe
                 sol = solve(scores, h, cvx_method, temperature=temps, backend=backend)
             # the threshold of the backend's default options, not what its solution reports
             accept = float(check_options({"backend": backend})["accept_tol"])
+            if sol.duals is None:  # (a failure of this backend's row, as any other of its errors)
+                raise ValueError("the layer returned no duals")
             cert = _backend_certificate(h, temps, flat, sol)
             distance = _stationarity(h, temps, flat, sol.probs, sol.duals)
             bound = math.sqrt(2 * accept * ref.scale / min(temps)) + accept
@@ -559,8 +562,8 @@ def _compare(rows: _Rows, part: str, probs, duals, ref: _Reference, layer: _Laye
     rows.add(f"{part}.primal_vs_cvxpy", _max_abs(probs, ref.probs), tol["primal"])
     rows.add(f"{part}.duals_vs_cvxpy", _dual_distance(duals, ref.duals, h), tol["duals"])
     if layer.solution is None:
-        rows.add(f"{part}.primal_vs_layer", math.nan, math.nan, "skipped", layer.error)
-        rows.add(f"{part}.duals_vs_layer", math.nan, math.nan, "skipped", layer.error)
+        rows.add(f"{part}.primal_vs_layer", math.nan, math.nan, "skipped", layer.error or "")
+        rows.add(f"{part}.duals_vs_layer", math.nan, math.nan, "skipped", layer.error or "")
     else:
         rows.add(f"{part}.primal_vs_layer", _max_abs(probs, layer.solution.probs), layer.tol)
         rows.add(f"{part}.duals_vs_layer", _dual_distance(duals, layer.solution.duals, h), tol["duals"])
@@ -627,7 +630,9 @@ def _check_exact(rows: _Rows, h: Graph, scores, temps, ref: _Reference, layer: _
     # relative to max(1, |f̄|), f̄ the objective of the centred scores, as the solver's row and
     # cvx.certificate: a constant added to a map's scores moves no solution and must not shrink it
     scale = (ex.objective - score_offset(_flat(scores))).abs().clamp(min=1)
-    rows.add("exact.duality_gap", float(((ex.dual_objective - ex.objective) / scale).abs().max()), tol["gap"])
+    # (no duals, no gap: NaN, which fails)
+    gap = math.nan if ex.dual_objective is None else float(((ex.dual_objective - ex.objective) / scale).abs().max())
+    rows.add("exact.duality_gap", gap, tol["gap"])
     rows.add("exact.feasibility", float(ex.violation.max()), tol["exact_feasibility"])
 
 
@@ -710,7 +715,7 @@ def all_passed(results: list[CheckResult]) -> bool:
     return bool(checks) and all(r.status == "pass" for r in checks)
 
 
-def format_table(results: list[CheckResult], skipped: list[str] = ()) -> str:
+def format_table(results: list[CheckResult], skipped: Sequence[str] = ()) -> str:
     """The results as a text table, one row per check, then the skipped backends and a
     summary line."""
     width = max([len("check")] + [len(r.check) for r in results]) + 2
