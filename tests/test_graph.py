@@ -1169,3 +1169,90 @@ def test_ca_rev268_a_grid_edge_implied_by_grid_edges_is_refused_without_building
         ca.Graph([(4, 4), (2, 2), (1, 2)], [(0, 1), (1, 2, [0, 1, 0, 1]), (0, 2)])
     kept = ca.Graph([(4, 4), (2, 2), (1, 2)], [(0, 1), (1, 2, [1, 0, 1, 0]), (0, 2)])
     assert kept.kind == "graph"
+
+
+# ---- ca_rev281 (mutation testing of graph.py)
+
+def test_ca_rev281_sweep_order_follows_each_edge_s_fine_map_in_order_then_the_edge_index():
+    """Kills sorting ``sweep_order`` by the coarse map's place in ``order`` (``edges[e][1]``): edges (1 → 2),
+    (0 → 4), (0 → 3) were swept [0, 2, 1], not fine map 0's edges first.  The oracle sorts by hand: an edge
+    comes after every edge whose fine map is earlier in ``order``, and edges out of one map by index."""
+    par = [0, 0, 1, 1, 2, 2, 3, 3]
+    g = ca.Graph.from_edges([8, 8, 4, 2, 2], [(1, 2, par), (0, 4, [k // 4 for k in range(8)]),
+                                              (0, 3, [k % 2 for k in range(8)])])
+    assert g.order == [0, 1, 2, 3, 4]
+    expected = [e for k in g.order for e in range(g.num_edges) if g.edges[e][0] == k]
+    assert expected == [1, 2, 0] and g.sweep_order == expected
+
+
+def test_ca_rev281_roots_are_the_maps_without_a_coarsening_listed_in_order():
+    """Kills listing ``roots`` by map index (``range(M)``) rather than along ``order``: with edges 2 → 1 and
+    3 → 0 the order is [2, 1, 3, 0] and the roots [1, 0]."""
+    g = ca.Graph([(2,), (2,), (4,), (4,)], [(2, 1), (3, 0)])
+    assert g.order == [2, 1, 3, 0]
+    assert g.roots == [k for k in g.order if not g.out_edges[k]] == [1, 0]
+
+
+def test_ca_rev281_edges_listed_in_another_order_make_another_graph():
+    """Kills sorting the edges in Graph._partitions (what equality, the hash and the fingerprint compare): two
+    maps pooled onto one map, their edges listed in the other order, compared equal and had one fingerprint,
+    though edge 0's dual belongs to map 0 in one and to map 1 in the other (same shapes: silently swapped)."""
+    g = ca.Graph([(4, 4), (4, 4), (2, 2)], [(0, 2), (1, 2)])
+    h = ca.Graph([(4, 4), (4, 4), (2, 2)], [(1, 2), (0, 2)])
+    assert g != h and g.fingerprint() != h.fingerprint()
+    assert g == ca.Graph([(4, 4), (4, 4), (2, 2)], [(0, 2), (1, 2)])
+
+
+def test_ca_rev281_nesting_of_parent_map_coarsenings_is_judged_cell_by_cell():
+    """Kills comparing the count of distinct (cell of e's map, cell of f's map) pairs with f's map's size in
+    Graph._blocks_nest: map 1 = {0, 1}{2, 3} is a union of map 2 = {0}{1}{2, 3}'s cells, and the mutant said it
+    the other way round.  The oracle reads the nesting off the parent maps cell by cell."""
+    par1, par2 = [0, 0, 1, 1], [0, 1, 2, 2]
+    g = ca.Graph.from_edges([4, 2, 3], [(0, 1, par1), (0, 2, par2)])
+
+    def unions(coarse, fine):  # every cell of `fine` lies in one cell of `coarse`
+        return all(len({coarse[i] for i in range(4) if fine[i] == c}) == 1 for c in set(fine))
+
+    assert unions(par1, par2) and not unions(par2, par1)
+    assert g.not_forest_reason() == (
+        "map 0 has 2 coarsenings (map 1 (edge 0), map 2 (edge 1)), which nest: map 1's cells are unions of map 2's, "
+        "so edge 0 (0 → 1) can be replaced by an edge 2 → 1 (its parents: map 1's cell of each cell of map 2), the "
+        "same constraints, which may make the graph a forest")
+
+
+def test_ca_rev281_a_grid_edge_beside_a_path_through_a_parent_map_edge_is_judged_by_its_blocks():
+    """Kills building a grid edge's parent map for the implied-edge check from its coarse map's shape
+    (``shapes[pairs[e][1]]``): beside a path 0 → 1 → 2 of a parent-map edge (map 0's 2 x 2 blocks, numbered
+    along columns) and a grid edge (map 1's rows), grid edge 2 (0 → 2, map 0's row halves) is another
+    partition, a constraint of its own, and the mutant refused it as implied; with the blocks numbered along
+    rows it is the path's composition and is refused.  The oracle composes the partitions cell by cell."""
+    rows = [c // 2 for c in range(4)]  # (2, 2) -> (2, 1)
+    halves = [i // 8 for i in range(16)]  # (4, 4) -> (2, 1): edge 2's blocks
+    along_rows = [(i // 4 // 2) * 2 + i % 4 // 2 for i in range(16)]
+    along_columns = [(i % 4 // 2) * 2 + i // 4 // 2 for i in range(16)]
+    assert [rows[along_rows[i]] for i in range(16)] == halves
+    assert [rows[along_columns[i]] for i in range(16)] != halves
+    shapes = [(4, 4), (2, 2), (2, 1)]
+    assert ca.Graph(shapes, [(0, 1, along_columns), (1, 2), (0, 2)]).kind == "graph"
+    with pytest.raises(ValueError, match=r"edge 2 \(map 0 → map 2\) is implied by the path map 0 → map 1 → map 2"):
+        ca.Graph(shapes, [(0, 1, along_rows), (1, 2), (0, 2)])
+
+
+def test_ca_rev281_a_parent_map_between_maps_of_other_dimensions_does_not_pool_grid_blocks():
+    """Kills dropping the equal-dimensions test from Graph._grid_factor_of: a (2, 2) map's columns as a
+    parent map onto a flat (2,) map matched the pooling by the zipped factor (1,) and was taken for grid
+    blocks, and not_forest_reason then said that a one-cell map beside it does not nest with the columns."""
+    g = ca.Graph([(2, 2), (2,), (1, 1)], [(0, 1, [0, 1, 0, 1]), (0, 2)])
+    assert not g.pools_blocks(0) and g.pools_blocks(1)
+    assert g.not_forest_reason().startswith("map 0 has 2 coarsenings (map 1 (edge 0), map 2 (edge 1)), which nest")
+
+
+def test_ca_rev281_broadcast_of_a_row_beyond_the_upsampling_width_limit_copies_every_value():
+    """Kills dropping the width limit from graph._upsamples: torch's nearest-exact upsampling by 3 forms its
+    source index from fl(1/3) and reads the wrong cell from fine cell 3 * 2**22 + 2 on; broadcast of a row of
+    2**22 + 1 cells (float32, 50 MB out) then gave cell 2**22 + 1's value there.  Oracle: fine cell i holds
+    coarse cell i // 3."""
+    n = 2 ** 22 + 1
+    g = ca.Graph([(3 * n,), (n,)], [(0, 1)])
+    out = g.broadcast(torch.arange(n, dtype=torch.float32), 0)
+    assert torch.equal(out, (torch.arange(3 * n) // 3).to(torch.float32))
