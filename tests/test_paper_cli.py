@@ -1987,3 +1987,25 @@ def test_ca_rev239_an_installed_package_without_configs_says_so_in_both_stages(t
     (line,) = err.strip().splitlines()
     assert line.startswith("convex-attention experiment: warning: ") and "installed package" in line, line
     assert "no recorded test run" in line, line
+
+
+# ---- ca_rev284 (hostile review of the session's diff)
+def test_ca_rev284_a_batch_of_one_per_rank_is_a_usage_error_before_overwrite_removes_the_earlier_run(
+        tmp_path, capsys, monkeypatch, no_work):
+    """Under torchrun, 16x16 images with the bottleneck and --n-train no greater than the ranks give each rank a
+    batch of one image before a BatchNorm over a 1x1 map.  train() refused it, but the command had already removed
+    the earlier run (--overwrite) and then ended in a ConfigError traceback, exit 1.  Now: one usage line naming
+    --n-train, exit 2, the earlier run's files kept, no training started."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.csv").write_text("epoch\n1\n")
+    argv = ["train", "--data", "synthetic-blobs", "--image-size", "16", "--width", "4", "--attention-blocks", "4",
+            "5", "--n-train", "2", "--n-val", "8", "--batch-size", "4", "--epochs", "1", "--device", "cpu",
+            "--no-progress", "--overwrite", "--out", str(out)]
+    code, _, err = run(argv, capsys)
+    assert_usage_error(code, err, "--n-train", "2 training image(s) over 2 rank(s)")
+    assert len(err.strip().splitlines()) == 1, err
+    assert (out / "metrics.csv").read_text() == "epoch\n1\n"

@@ -43,6 +43,7 @@ from ..paper.config import (
     ExperimentConfig,
     ModelConfig,
     TrainConfig,
+    batchnorm_of_one_value,
 )
 from ._common import (
     CommandParser,
@@ -559,7 +560,7 @@ def train_interrupted(args) -> str | None:
 
 
 def cmd_train(args) -> int:
-    from ..paper.train import TrainingDiverged, _distributed, build_checked_datasets, train
+    from ..paper.train import TrainingDiverged, _distributed, build_checked_datasets, check_no_batch_of_one, train
 
     config, state = train_config_from_args(args)
     _refuse_a_file(config.out)
@@ -576,6 +577,13 @@ def cmd_train(args) -> int:
             datasets = build_checked_datasets(config)
         except ValueError as err:
             raise UsageError(f"the data: {err}") from None
+        try:  # (train() refuses it too: there it had been a traceback, after --overwrite removed the earlier run)
+            if batchnorm_of_one_value(config.model):  # (the training images counted only where they matter)
+                n_train = len(datasets[0])  # type: ignore[arg-type]  # (every dataset here has a length)
+                check_no_batch_of_one(config, n_train, _distributed()[0])
+        except ConfigError as err:  # --n-train where it sets the training images; the user's data otherwise
+            raise (_config_error(_subparser("train"), err) if config.data in SYNTHETIC_SOURCES else
+                   UsageError(f"the data: {err}")) from None
         check_out(config.out)
         check_files(config.out, RUN_FILES)  # again, under the lock
         check_run_folder(config, args, remove=rank == 0)

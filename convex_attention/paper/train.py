@@ -62,7 +62,7 @@ from .models import (
 
 __all__ = ["TrainConfig", "train", "evaluate", "augment", "classification_metrics", "check_device",
            "recompute_batchnorm", "stored_train_config", "data_not_rebuilt", "build_checked_datasets", "check_data",
-           "check_resume", "same_history",
+           "check_resume", "same_history", "check_no_batch_of_one",
            "check_validation_classes", "ValidationClassesError", "CheckedData",
            "TrainingDiverged", "diagnose_divergence", "METRIC_COLUMNS"]
 
@@ -600,7 +600,7 @@ def train(config: TrainConfig, datasets: tuple[Dataset, Dataset] | None = None, 
             datasets = build_checked_datasets(config)
         elif not isinstance(datasets, CheckedData):
             check_data(config, *datasets)
-        _check_no_batch_of_one(config, len(datasets[0]), _distributed()[0])
+        check_no_batch_of_one(config, len(datasets[0]), _distributed()[0])
     except BaseException:
         if agreeing and dist.is_initialized():
             _destroy_process_group()  # started by _agree_on_the_resume: closed as _Run.close_group would
@@ -622,7 +622,7 @@ def train(config: TrainConfig, datasets: tuple[Dataset, Dataset] | None = None, 
             "model": run.model}
 
 
-def _check_no_batch_of_one(config: TrainConfig, n_train: int, world: int) -> None:
+def check_no_batch_of_one(config: TrainConfig, n_train: int, world: int) -> None:
     """No rank trains on a batch of one image where the model's BatchNorm sees a 1×1 map
     (:func:`~convex_attention.paper.config.batchnorm_of_one_value`).  The configuration refuses
     ``n_train`` 1 and ``batch_size`` 1; here the training set is known, and so is the world size:
