@@ -2294,6 +2294,28 @@ def test_ca_rev279_a_solve_that_reaches_its_floor_on_its_last_iteration_is_accep
     assert not bool(solved.any())
 
 
+_CA_REV279_RESIDUAL = DualHessian.residual_and_floor
+
+
+def _ca_rev279_kick_w_once(monkeypatch, hess, shape, scale: float) -> list:
+    """Patches ``DualHessian.residual_and_floor`` so that the first true residual a solve measures finds its own
+    ``w`` kicked, in place, by ``scale`` times a centred random vector (an iterate far from the residual it tracked:
+    what makes solve_psd restart); returns the list the calls are counted in.  (Patched again, it wraps the
+    unpatched method, not the last patch.)"""
+    real = _CA_REV279_RESIDUAL
+    kick = scale * hess.centre(torch.randn(shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64))
+    calls: list = []
+
+    def drifted(self, probs, temps, x, rhs, peaks=None):
+        if not calls:
+            x.add_(kick)  # the solver's own w, in place
+        calls.append(1)
+        return real(self, probs, temps, x, rhs, peaks)
+
+    monkeypatch.setattr(DualHessian, "residual_and_floor", drifted)
+    return calls
+
+
 def test_ca_rev279_a_restart_never_takes_the_solve_past_max_iter(monkeypatch):
     """Kills the restart's budget ``max_iter - iterations`` changed to ``max_iter``: an iterate whose true residual
     is far from the tracked one (simulated: ``w`` perturbed where its true residual is first measured) is restarted
@@ -2305,18 +2327,8 @@ def test_ca_rev279_a_restart_never_takes_the_solve_past_max_iter(monkeypatch):
     inst, probs, hess, rhs = _ca_rev279_system()
     _, _, used, solved = solve_psd(hess, probs, inst.temps, rhs, 1e-11, 1000, dense_limit=0)
     assert bool(solved.all())
-    real = DualHessian.residual_and_floor
-    kick = hess.centre(torch.randn(rhs.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64))
-
-    def drifted(self, probs, temps, x, rhs, peaks=None):
-        if not calls:
-            x.add_(kick)  # the solver's own w, in place
-        calls.append(1)
-        return real(self, probs, temps, x, rhs, peaks)
-
-    monkeypatch.setattr(DualHessian, "residual_and_floor", drifted)
     for extra in (0, 2):
-        calls: list = []
+        _ca_rev279_kick_w_once(monkeypatch, hess, rhs.shape, 1.0)
         limit = int(used.max()) + extra
         _, relres, iterations, solved = solve_psd(hess, probs, inst.temps, rhs, 1e-11, limit, dense_limit=0)
         assert iterations.tolist() == [limit, limit] and not bool(solved.any()) and float(relres.min()) > 1e-11
@@ -2532,17 +2544,7 @@ def test_ca_rev285_a_restarted_correction_is_asked_for_rtol_of_the_whole_right_h
 
     monkeypatch.setattr(hessian_module, "STALL_ITERATIONS", 10 ** 6)
     inst, probs, hess, rhs = _ca_rev279_system()
-    real = DualHessian.residual_and_floor
-    kick = 1e2 * hess.centre(torch.randn(rhs.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64))
-    calls: list = []
-
-    def drifted(self, probs, temps, x, rhs, peaks=None):
-        if not calls:
-            x.add_(kick)  # the solver's own w, in place
-        calls.append(1)
-        return real(self, probs, temps, x, rhs, peaks)
-
-    monkeypatch.setattr(DualHessian, "residual_and_floor", drifted)
+    calls = _ca_rev279_kick_w_once(monkeypatch, hess, rhs.shape, 1e2)
     _, relres, _, solved = solve_psd(hess, probs, inst.temps, rhs, 1e-10, 1000, dense_limit=hess.dim)
     assert calls and bool(solved.all()) and float(relres.max()) <= 1e-10, relres
 
