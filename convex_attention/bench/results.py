@@ -950,7 +950,7 @@ class ResultsWriter:
         taken = set(self._cells.values())
         given = row.get("cell")
         try:
-            number = int(given) if given is not None else -1  # (None: TypeError, as before)
+            number = int(given) if given is not None else -1  # (no cell number: a new one, as for text)
         except (TypeError, ValueError):
             number = -1
         if number < 0 or number in taken:

@@ -44,8 +44,8 @@ CORE_COLUMNS = ("method", "backend", "status", "reason", "shapes", "batch", "dty
 CVX_RATIO = "cvxpylayers/exact per sample"
 #: The sides the core targets are set at (docs/performance.md): a run at others (``bench_core.py
 #: --tiny``, another ``--batch``) prints its ratios with no verdict.
-CORE_TARGET_SIDES: dict[str, Any] = {"batch": 64, "shapes": ((64, 64), (32, 32)), "cvx_shapes": ((32, 32), (16, 16)),
-                     "dtype": "float32"}
+CORE_TARGET_SIDES: dict[str, Any] = {"batch": 64, "shapes": ((64, 64), (32, 32)),
+                                     "cvx_shapes": ((32, 32), (16, 16)), "dtype": "float32"}
 #: The device the core targets are set on (docs/performance.md, "CPU: the targets of the core
 #: issue"); cvxpylayers is timed on the CPU wherever exact runs, so a run of exact on another
 #: device compares two processors and gets no verdict.
