@@ -2556,7 +2556,9 @@ def test_ca_rev285_measured_maps_are_right_where_the_unmeasured_ones_are_beyond_
     1 and 3 come back 6.0e-2 and 5.3e-2 of themselves off ``s``'s gradients (which are ``v``'s), with no
     ImplicitSolveError.  Their own terms are O(1), so neither the screen nor _beyond_rounding flags them, but ``w``
     is solved (and refined) to rtol of a right-hand side 2^40 times larger, whose rounding spreads over every edge;
-    measured, maps 0 and 2 refuse the sample.  Right or refused is all this asks."""
+    measured, maps 0 and 2 refuse the sample.  Right or refused is all this asks.  (Reached only by calling
+    implicit_vjp with scored maps left out of ``measured``: solve measures every scored map, and a given map's
+    incoming gradient never reaches ``w``.)"""
     inst, probs, _, s, v = _ca_rev285_in_the_range_of_A()
     want = implicit_vjp(inst.h, probs, inst.temps, s)
     try:
