@@ -4966,3 +4966,26 @@ def test_ca_rev277_maps_rounded_to_the_scores_dtype_blame_that_rounding():
     assert not any("please report it" in str(w.message) for w in caught)
     assert sol.info["converged"].tolist() == [False]
     assert float(sol.info["returned_violation"][0]) == pytest.approx(by_hand, rel=1e-12)
+
+
+# ---- the 47th session (a given map's incoming gradient and the implicit backward)
+
+def test_a_loss_on_a_given_maps_output_never_reaches_the_scores_gradients():
+    """A given map's probabilities are its given values (normalised), which the duals do not move: a loss on them,
+    however large (2^40, whose rounding in the implicit backward's w would reach every map: ca_rev285), leaves the
+    scored maps' gradients unchanged bit for bit, and reaches the given values alone."""
+    g = torch.Generator().manual_seed(0)
+    h = ca.Graph.from_edges([8, 4, 2], [(0, 1, torch.arange(8) // 2), (0, 2, torch.tensor([0, 1, 1, 1, 1, 1, 1, 0]))])
+    q = torch.softmax(torch.randn(3, 2, generator=g, dtype=torch.float64), -1)
+    scores = [torch.randn(3, 8, generator=g, dtype=torch.float64), torch.randn(3, 4, generator=g, dtype=torch.float64)]
+    w0, wq = torch.randn(3, 8, generator=g, dtype=torch.float64), torch.randn(3, 2, generator=g, dtype=torch.float64)
+    grads = []
+    for big in (0.0, 2.0 ** 40):
+        a, b = (s.clone().requires_grad_() for s in scores)
+        given = q.clone().requires_grad_()
+        sol = ca.solve([a, b, None], h, method="dual", temperature=[0.5, 2.0, 1.0], given={2: given}, tol=1e-12)
+        ((sol.probs[0] * w0).sum() + big * (sol.probs[2] * wq).sum()).backward()
+        grads.append((a.grad, b.grad, given.grad))
+    for before, after in zip(grads[0][:2], grads[1][:2]):
+        assert torch.equal(before, after)
+    assert float((grads[1][2] - grads[0][2]).abs().max()) > 1e6  # (the loss reached the given values)
