@@ -446,10 +446,15 @@ def _file_sha256(path: str) -> str | None:
     return digest.hexdigest()
 
 
+def _settings_dict(config) -> dict:
+    """A sweep's settings as a dict: a SweepConfig's fields, or a mapping's (None: none)."""
+    return asdict(config) if is_dataclass(config) and not isinstance(config, type) else dict(config or {})
+
+
 def run_inputs(config) -> dict:
     """bench.json's ``inputs``: the SHA-256 of the files the rows were measured from (the
     ``--checkpoint`` of ``--generator model``), for a resume to find them unchanged."""
-    new = asdict(config) if is_dataclass(config) and not isinstance(config, type) else dict(config or {})
+    new = _settings_dict(config)
     if new.get("generator") == "model" and new.get("checkpoint"):
         digest = _file_sha256(new["checkpoint"])
         if digest is not None:
@@ -514,7 +519,7 @@ def check_resume_config(out_dir: str, config) -> None:
     rows while bench.json records no readable configuration (damaged, missing, no
     ``config``) is refused too: its rows' settings cannot be checked, and resuming would
     mix rows measured under other settings and record this run's for all of them."""
-    new = asdict(config) if is_dataclass(config) and not isinstance(config, type) else dict(config or {})
+    new = _settings_dict(config)
     try:
         rows, problems = _bench_rows(out_dir)
     except (ResultsFormatError, OSError):
@@ -827,7 +832,7 @@ class ResultsWriter:
         if stale:
             log(f"removed {len(stale)} temporary file(s) an interrupted run left in {out_dir}: {', '.join(stale)}")
         self.runs: list[dict] = []  # the earlier runs into this folder (resume): their load and threads
-        self.config = asdict(config) if is_dataclass(config) and not isinstance(config, type) else dict(config or {})
+        self.config = _settings_dict(config)
         recorded: dict = {}  # bench.json being resumed, read once: its runs and its environment
         if resume:
             self._load()

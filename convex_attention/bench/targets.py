@@ -274,6 +274,9 @@ def amortised_targets(rows: list[dict], unmeasured: Sequence[dict] = ()) -> list
         return (structure(r),) + tuple(str(r.get(k)) for k in ("generator", "scale", "dims", "size", "levels",
                                                                 "batch", "temperature", "dtype", "device", "seed"))
 
+    def group_of(r) -> tuple:
+        return structure(r), str(r.get("generator")), int(cast(Any, r.get("levels")))
+
     learned: dict = {}  # (cell, kind) -> its rows, of any status
     cell_group: dict = {}  # cell -> (structure, generator, levels)
     exact: dict = {}
@@ -284,7 +287,7 @@ def amortised_targets(rows: list[dict], unmeasured: Sequence[dict] = ()) -> list
         except ValueError:
             continue
         if method.needs_duals:
-            group = (structure(r), str(r.get("generator")), int(cast(Any, r.get("levels"))))
+            group = group_of(r)
             groups.add(group)
             if r.get("dual_kind") in ("zero", "amortised"):
                 cell_group[cell_key(r)] = group
@@ -304,7 +307,7 @@ def amortised_targets(rows: list[dict], unmeasured: Sequence[dict] = ()) -> list
                 continue
         except ValueError:
             continue
-        group = (structure(r), str(r.get("generator")), int(cast(Any, r.get("levels"))))
+        group = group_of(r)
         groups.add(group)
         waiting.setdefault(group, set()).add(cell_key(r))
         waiting_rows.add((cell_key(r), r.get("dual_kind")))
