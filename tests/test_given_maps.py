@@ -6,6 +6,7 @@ import hypothesis.strategies as hst
 import numpy as np
 import pytest
 import torch
+from helpers import aggregation_matrix
 
 import convex_attention as ca
 from convex_attention import given_maps
@@ -402,30 +403,24 @@ def _ca_rev280_joint_residual(h, given) -> float:
     """The oracle: the largest residual of the least-squares system, over every sample, whose unknowns are the
     scored maps' cells and whose equations are every edge's pooling (numpy's lstsq, float64): the given maps
     agree exactly where some scored maps pool onto them all, and then it is rounding."""
-    scored = {k: i for i, k in enumerate(k for k, q in enumerate(given) if q is None)}
-    offsets = np.concatenate([[0], np.cumsum([h.sizes[k] for k in scored])]).astype(int)
+    scored = [k for k, q in enumerate(given) if q is None]
+    offsets = dict(zip(scored, np.cumsum([0] + [h.sizes[k] for k in scored]).tolist()))
     batch = next(q for q in given if q is not None).shape[0]
-    worst = 0.0
-    for s in range(batch):
-        rows, rhs = [], []
-        for (a, b), par in zip(h.edges, (h.parents(e) for e in range(h.num_edges))):
-            for cell in range(h.sizes[b]):
-                row, r = np.zeros(int(offsets[-1])), 0.0
-                for fine in np.nonzero(par.numpy() == cell)[0]:
-                    if given[a] is None:
-                        row[offsets[scored[a]] + fine] += 1
-                    else:
-                        r -= float(given[a].reshape(batch, -1)[s, fine])
-                if given[b] is None:
-                    row[offsets[scored[b]] + cell] -= 1
-                else:
-                    r += float(given[b].reshape(batch, -1)[s, cell])
-                rows.append(row)
-                rhs.append(r)
-        a_, y = np.array(rows), np.array(rhs)
-        x = np.linalg.lstsq(a_, y, rcond=None)[0] if a_.shape[1] else np.zeros(0)
-        worst = max(worst, float(np.abs(a_ @ x - y).max()))
-    return worst
+    rows, rhs = [], []  # per edge e = (a -> b): P_e u_a - u_b = 0, the given maps' terms on the right
+    for e, (a, b) in enumerate(h.edges):
+        pool = aggregation_matrix(h, e)
+        row = np.zeros((h.sizes[b], sum(h.sizes[k] for k in scored)))
+        y = np.zeros((h.sizes[b], batch))
+        for k, block in ((a, pool), (b, -np.eye(h.sizes[b]))):
+            if given[k] is None:
+                row[:, offsets[k]:offsets[k] + h.sizes[k]] += block
+            else:
+                y -= block @ given[k].reshape(batch, -1).numpy().T
+        rows.append(row)
+        rhs.append(y)
+    a_, y = np.concatenate(rows), np.concatenate(rhs)  # (one column per sample)
+    x = np.linalg.lstsq(a_, y, rcond=None)[0] if a_.shape[1] else np.zeros((0, batch))
+    return float(np.abs(a_ @ x - y).max())
 
 
 def test_ca_rev280_given_maps_of_random_structures_agree_by_an_independent_least_squares():
