@@ -223,6 +223,13 @@ class DualHessian:
     def _floor_of(self, probs: Sequence[Tensor], temps: Sequence[float], y: Sequence[Tensor | None],
                   rhs: Tensor, peaks: Sequence[Tensor] | None = None) -> Tensor:
         """:meth:`rounding_floor` from ``y = A x``."""
+        size = _norm(self._product_rounding_of(probs, temps, y, peaks)) + _norm(rhs)
+        return ROUNDING_UNITS * torch.finfo(rhs.dtype).eps * size
+
+    def _product_rounding_of(self, probs: Sequence[Tensor], temps: Sequence[float], y: Sequence[Tensor | None],
+                             peaks: Sequence[Tensor] | None = None) -> Tensor:
+        """Per entry of the dual, ``(B, D)``: the size of the terms whose rounding the product
+        ``∇²g x`` (``y = A x``) leaves there, ``|A|ᵀ z`` (:meth:`rounding_floor`)."""
         g = self.g
         peaks = self.peaks(probs) if peaks is None else peaks
         z: list[Tensor | None] = []
@@ -236,8 +243,7 @@ class DualHessian:
             za, zb = z[a], z[b]
             assert za is not None and zb is not None
             parts.append(zb + g.aggregate(za, e))
-        size = _norm(self.flatten(parts)) + _norm(rhs)
-        return ROUNDING_UNITS * torch.finfo(rhs.dtype).eps * size
+        return self.flatten(parts)
 
     def gradient(self, probs: Sequence[Tensor]) -> Tensor:
         """``∇g = Σ_k A_kᵀ p_k``: per edge the residual ``p_b − P_e p_a``; ``(B, D)``."""
@@ -958,6 +964,28 @@ def _sizes(out: Sequence[Tensor], keep: Tensor | None = None) -> Tensor:
     return sizes if keep is None else sizes * keep.to(sizes.device, sizes.dtype)
 
 
+def _reached_by_rounding(hess: DualHessian, probs: Sequence[Tensor], temps: Sequence[float], w: Tensor, rhs: Tensor,
+                         given, keep: Tensor, held: Tensor, tol: float, max_iter: int, dense_limit: int) -> Tensor:
+    """Per sample, ``(B,)`` bool: whether the rounding that the system at ``w`` carries can move
+    a map that ``keep`` measures by more than ``tol`` of what it is held to (``held``, ``(B, M)``:
+    :func:`_held_to`), or could not be measured.  No correction sees that rounding (the residual is computed with
+    it), so it is measured as the effect ``J_k A_k δ`` of ``∇²g δ = e``, ``e`` the product's and
+    the right-hand side's rounding per entry (:meth:`DualHessian.rounding_floor`'s terms) with
+    signs drawn from a fixed seed.  For a scored map left out of ``keep`` whose own terms are
+    beyond its rounding: its rounding reaches ``w`` and every measured map (ca_rev285)."""
+    dtype = w.dtype
+    terms = hess._product_rounding_of(probs, temps, hess.apply_A(w)) + rhs.abs()
+    signs = torch.randint(0, 2, terms.shape, generator=torch.Generator().manual_seed(0)).to(terms) * 2 - 1
+    e = hess.centre(ROUNDING_UNITS * torch.finfo(dtype).eps * terms * signs.to(terms.device))
+    size = _norm(e).clamp_min(torch.finfo(dtype).tiny)
+    delta, _, _, ok = solve_psd(hess, probs, temps, e / size.unsqueeze(1), 1e-2, max_iter,
+                                max(dense_limit, DENSE_FALLBACK_LIMIT))
+    ok = ok & torch.isfinite(delta).all(1)
+    zeros = [torch.zeros_like(p) for p in probs]
+    moved = _sizes(_formed(hess, probs, temps, zeros, zeros, -delta * size.unsqueeze(1), given)[0], keep)
+    return ~ok | (moved > tol * held.to(moved)).any(1)
+
+
 def _widened(probs: Sequence[Tensor]) -> list[Tensor]:
     """``probs`` in float64, renormalised where they were narrower (float32's do not sum to one in
     float64); float64 probabilities as they are."""
@@ -1036,7 +1064,21 @@ def _refined(hess: DualHessian, probs, temps, grads, centred, rhs: Tensor, w: Te
     largest = sizes.amax(1)
     held = _held_to(sizes, tol)  # each map to itself (to the sample's largest below its square root)
     cancelling = _cancelling(probs, temps, grads, centred, Aw, given)
+    # every scored map's terms flag its sample for refinement, measured or not: they
+    # size w, whose error (a solve's to rtol of the whole right-hand side) spreads over every edge
+    # into the measured maps' gradients.  Only the measured maps are refused for their own terms'
+    # rounding (_beyond_rounding) and measured by the corrections; where a scored map left out is
+    # beyond its rounding, what that rounding does to the measured maps is measured after the
+    # refinement (_reached_by_rounding: unflagged, terms of 2^40 on unmeasured maps left the
+    # measured ones' gradients 5-6 % off, and refined, 9.4e-6 of themselves: ca_rev285)
+    # (a given map's incoming gradient never reaches w: one left out flags nothing, so the path of
+    # solve, which leaves out given maps only, is as before)
+    flagging = cancelling
+    unmeasured_scored = None
     if keep is not None:
+        scored = torch.tensor([not (given is not None and given[k]) for k in range(len(out))], dtype=torch.bool)
+        flagging = cancelling * (keep | scored).to(cancelling.device, cancelling.dtype)
+        unmeasured_scored = cancelling * (scored & ~keep).to(cancelling.device, cancelling.dtype)
         cancelling = cancelling * keep.to(cancelling.device, cancelling.dtype)
     # a sample whose right-hand side was rounding alone (a loss constant on the simplices) has no
     # gradient: what is left of it is rounding, zero, not unresolved.  Screened at the most a
@@ -1045,7 +1087,7 @@ def _refined(hess: DualHessian, probs, temps, grads, centred, rhs: Tensor, w: Te
     # on the sample's largest, a small map went unchecked: ca_rev81)
     candidates = finite & ~zeroed & (largest > 0)
     bound = max(float(rtol) if not isinstance(rtol, Tensor) else float(rtol.max()), math.sqrt(torch.finfo(dtype).eps))
-    rows = torch.nonzero(candidates & (cancelling * bound > tol * held).any(1)).flatten()
+    rows = torch.nonzero(candidates & (flagging * bound > tol * held).any(1)).flatten()
     # A flagged sample's error is measured, by at least one correction, never estimated from the
     # relative residual its solve reached: the Hessian's conditioning multiplies that residual,
     # for a factorised solve as for conjugate gradients (on the default path, D = 10, float64: a
@@ -1069,6 +1111,7 @@ def _refined(hess: DualHessian, probs, temps, grads, centred, rhs: Tensor, w: Te
     by_pseudo_inverse = torch.zeros_like(finite) if by_pseudo_inverse is None else by_pseudo_inverse
     unresolved = _beyond_rounding(out, cancelling, tol, wide, rows)
     rows = rows[~torch.isin(rows, unresolved)]
+    probed = rows[:0] if unmeasured_scored is None else _beyond_rounding(out, unmeasured_scored, tol, wide, rows)
     if rows.numel() and dtype != wide:
         probs_w = _widened(probs)
         grads_w = [v.detach().to(wide) for v in grads]
@@ -1123,6 +1166,12 @@ def _refined(hess: DualHessian, probs, temps, grads, centred, rhs: Tensor, w: Te
                                             tol, max_iter,
                                             None if on_duals is None else on_duals[rows[redo]], independent, keep)
         rows = rows[~settled]
+    probed = probed[~torch.isin(probed, rows)]
+    if probed.numel() and keep is not None:  # (probed is empty where keep is None)
+        held_now = _held_to(_sizes([o[probed] for o in out]), tol)
+        reached = _reached_by_rounding(hess, [p[probed] for p in probs_w], temps, w_w[probed], rhs_w[probed],
+                                       given, keep, held_now, tol, max_iter, dense_limit)
+        unresolved = torch.cat([unresolved, probed[reached]])
     bad = sorted(set(rows.tolist()) | set(unresolved.tolist()))
     if not bad:
         return out
