@@ -629,3 +629,24 @@ def test_ca_rev266_difficulties_in_one_thousandth_are_refused_before_any_work():
             config.validate()
         assert err.value.field == "difficulties"
     assert QUICK.override(difficulties=(0.3, 0.301)).validate().difficulties == (0.3, 0.301)
+
+
+# ---- one wording of the batch-of-one refusal, its block read from the model
+
+def test_both_batch_of_one_refusals_name_the_block_that_ends_the_encoder(monkeypatch):
+    """The configuration's refusal (``batch_size`` 1) and ``check_no_batch_of_one`` (``n_train`` ≤ world) say which
+    block's BatchNorm sees the 1x1 map, read from ``deepest_block`` (both said "block 5", true of every model they fire
+    on today, 16x16 images with the bottleneck, but written out twice): with the rule made to answer 4, both say 4."""
+    import convex_attention.paper.config as config_module
+    import convex_attention.paper.train as train_module
+
+    small = dict(data="synthetic-blobs", image_size=16, width=4, embed_channels=8, attention_blocks=(4, 5))
+    for block in (5, 4):
+        if block == 4:
+            monkeypatch.setattr(config_module, "deepest_block", lambda model: 4)
+            for module in (config_module, train_module):  # (train's own name for it)
+                monkeypatch.setattr(module, "batchnorm_of_one_value", lambda model: True)
+        with pytest.raises(config_module.ConfigError, match=f"BatchNorm after block {block} sees a 1x1 map"):
+            config_module.TrainConfig.build(**small, batch_size=1).validate()
+        with pytest.raises(config_module.ConfigError, match=f"BatchNorm after block {block} sees a 1x1 map"):
+            train_module.check_no_batch_of_one(config_module.TrainConfig.build(**small, batch_size=4), 2, 2)

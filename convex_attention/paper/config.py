@@ -183,6 +183,13 @@ def batchnorm_of_one_value(model: ModelConfig) -> bool:
     return model.norm == "batch" and model.image_size // 2 ** (deepest_block(model) - 1) == 1
 
 
+def batchnorm_of_one_reason(model: ModelConfig) -> str:
+    """Why a batch of one image cannot train the model (:func:`batchnorm_of_one_value`), for the
+    messages that refuse it (one wording, its block read from the model)."""
+    return (f"the model's BatchNorm after block {deepest_block(model)} sees a 1x1 map there: one value per channel, "
+            f"which BatchNorm cannot normalise")
+
+
 def _check_train_sizes(cfg) -> None:
     """The training and validation sets, and one batch's activations, fit in memory; a batch
     of one image never meets a BatchNorm over a 1×1 map (ca_rev264)."""
@@ -190,9 +197,9 @@ def _check_train_sizes(cfg) -> None:
     single = "batch_size" if cfg.batch_size == 1 else "n_train" if cfg.n_train == 1 and \
         cfg.data in SYNTHETIC_SOURCES else None
     if single is not None and batchnorm_of_one_value(cfg.model):
-        raise ConfigError(single, f"{single} 1 trains on batches of one image, and the model's BatchNorm after block "
-                                  f"5 sees a 1x1 map there: one value per channel, which BatchNorm cannot normalise; "
-                                  f"use a larger {single}, norm group, or a larger image size")
+        raise ConfigError(single, f"{single} 1 trains on batches of one image, and "
+                                  f"{batchnorm_of_one_reason(cfg.model)}; use a larger {single}, norm group, or a "
+                                  f"larger image size")
     for name in ("n_train", "n_val"):
         check_set_size(name, getattr(cfg, name), side)
     values = cfg.batch_size * cfg.model.width * side ** 2

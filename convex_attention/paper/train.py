@@ -49,7 +49,15 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from ..io.files import atomic_csv, atomic_write_bytes, read_json, write_json
-from .config import ConfigError, ModelConfig, TrainConfig, batchnorm_of_one_value, check_device, resolved_device
+from .config import (
+    ConfigError,
+    ModelConfig,
+    TrainConfig,
+    batchnorm_of_one_reason,
+    batchnorm_of_one_value,
+    check_device,
+    resolved_device,
+)
 from .data import datasets_of, labels_only
 from .models import (
     AttentionUNet,
@@ -632,8 +640,7 @@ def check_no_batch_of_one(config: TrainConfig, n_train: int, world: int) -> None
     traceback in its first step."""
     if batchnorm_of_one_value(config.model) and n_train <= world:
         raise ConfigError("n_train", f"{n_train} training image(s) over {world} rank(s) give each rank batches of "
-                                     f"one image, and the model's BatchNorm after block 5 sees a 1x1 map there: one "
-                                     f"value per channel, which BatchNorm cannot normalise; use more than {world} "
+                                     f"one image, and {batchnorm_of_one_reason(config.model)}; use more than {world} "
                                      f"training image(s), norm group, or a larger image size")
 
 
