@@ -611,7 +611,8 @@ def _speed(config: GraphBenchmark, families, backends, log) -> list[dict]:
                       ("chain", Hierarchy.grid([(side, side), (side // 2, side // 2)]))):
         scores = [(SCORE_SCALE * torch.randn((config.speed_batch,) + s, generator=g)).to(device) for s in h.shapes]
         temps = (10 ** _uniform(g, h.num_maps, -1.0, 1.0)).tolist()
-        methods = {"softmax": ("softmax", {}), "exact": ("exact", {}), "dual": ("dual", {})}
+        methods: dict[str, tuple[str, dict]] = {"softmax": ("softmax", {}), "exact": ("exact", {}),
+                                                "dual": ("dual", {})}
         try:
             timed = {name: (meas, "") for name, meas in _timed(h, scores, temps, methods, config.repeats).items()}
         except Exception as err:  # noqa: BLE001  (it had ended the run: ca_rev141)
@@ -947,18 +948,19 @@ def _targets(results: dict, side: int | None = None) -> list[dict]:
     grads = results.get("gradients", [])
     for setting_name in GRADIENT_SETTINGS:
         rows = [r for r in grads if r["setting"] == setting_name and r["status"] == "ok"]
-        dual = [r["error_vs_fd"] for r in rows if r["solver"] == "dual"]
+        dual_vs_fd = [r["error_vs_fd"] for r in rows if r["solver"] == "dual"]
         failed = [r for r in grads if r["setting"] == setting_name and r["solver"] == "dual" and r["status"] != "ok"]
-        if dual or failed:
+        if dual_vs_fd or failed:
             out.append(_target(f"implicit gradient vs finite differences ({setting_name})",
-                               nan_max(dual) if dual else None, "<=", GRADIENT_TARGET,
-                               (f"median {nan_median(dual):.1e} over {len(dual)} instances" if dual else "")
+                               nan_max(dual_vs_fd) if dual_vs_fd else None, "<=", GRADIENT_TARGET,
+                               (f"median {nan_median(dual_vs_fd):.1e} over {len(dual_vs_fd)} instances"
+                                if dual_vs_fd else "")
                                + _worst_beside_spread([r for r in rows if r["solver"] == "dual"])
                                + (f"; the implicit backward FAILED on {len(failed)} instance(s) "
                                   f"({', '.join(sorted({r['family'] for r in failed}))})" if failed else ""),
                                missed=bool(failed)))
         everyone = [r for r in grads if r["setting"] == setting_name]
-        if (dual or failed) and not any(r["solver"] != "dual" for r in everyone):  # said, never left out
+        if (dual_vs_fd or failed) and not any(r["solver"] != "dual" for r in everyone):  # said, never left out
             out.append(_target(f"implicit gradient vs cvxpylayers ({setting_name})", None, "<=", GRADIENT_TARGET,
                                "not measured: no cvxpylayers gradient was computed (no backend ran, or the "
                                "implicit backward failed on every instance)"))
@@ -1204,8 +1206,8 @@ def _run(config: GraphBenchmark, out_dir: str, baseline, backends, log, command:
     results: dict = {}
     started, load_start, start = now_utc(), load_average(), time.perf_counter()
     if "convergence" in config.parts:
-        rows, summary = _convergence(config, NONTREE, log)
-        results["convergence_summary"] = summary
+        rows, convergence_summary = _convergence(config, NONTREE, log)
+        results["convergence_summary"] = convergence_summary
         atomic_csv(os.path.join(out_dir, "convergence_instances.csv"), CONVERGENCE_COLUMNS, rows)
     if "gradients" in config.parts:
         results["gradients"] = _gradients(config, NONTREE + ("star",), backends, log)

@@ -293,7 +293,7 @@ def _schedule(n: int, repeats: int, after: int | None = None) -> tuple[tuple[int
 _SCHEDULE_NODES = 20_000
 
 
-def measure_interleaved(cases: dict[str, ForwardFn], device="cpu", repeats: int = 30, warmup: int = 5,
+def measure_interleaved(cases: Mapping[str, ForwardFn], device="cpu", repeats: int = 30, warmup: int = 5,
                         backward: bool = True, budget_s: float | None = None) -> dict[str, Measurement]:
     """Time ``forward`` and ``loss.backward()`` of every case, interleaved.
 

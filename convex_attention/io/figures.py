@@ -12,6 +12,7 @@ import math
 import os
 import textwrap
 import warnings
+from typing import Any
 
 import matplotlib
 
@@ -27,9 +28,13 @@ HALF_WIDTH = 3.4   # inches: a one-column figure
 FOOTER_CHARS = 150  # characters per footer line: about 6.3 inches at the footer's 6 pt
 NOTE_CHARS = 600  # at most per note of a footer (a bound on text read from files, not a cut of the caveats)
 LISTED_RUNS = 8  # runs whose load a footer lists one by one; of more, it gives the range
-STYLE = {"font.size": 8, "axes.titlesize": 8.5, "axes.labelsize": 8, "legend.fontsize": 7,
-         "xtick.labelsize": 7, "ytick.labelsize": 7, "figure.titlesize": 9, "figure.dpi": 100,
-         "savefig.bbox": "tight", "pdf.fonttype": 42, "axes.spines.top": False, "axes.spines.right": False}
+# the rc parameters every figure is drawn under (plt.rc_context).  Keys typed Any: matplotlib >= 3.11 types
+# rc_context's keys as a Literal of the rc names (matplotlib.typing.RcKeyType), earlier releases as str, and
+# a dict is invariant in its key, so no one key type passes both (setup.cfg allows matplotlib >= 3.7)
+STYLE: dict[Any, Any] = {"font.size": 8, "axes.titlesize": 8.5, "axes.labelsize": 8, "legend.fontsize": 7,
+                          "xtick.labelsize": 7, "ytick.labelsize": 7, "figure.titlesize": 9, "figure.dpi": 100,
+                          "savefig.bbox": "tight", "pdf.fonttype": 42, "axes.spines.top": False,
+                          "axes.spines.right": False}
 
 
 class FigureLayoutError(ValueError):

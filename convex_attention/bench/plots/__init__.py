@@ -363,7 +363,7 @@ def remove_stale_staging(out: str) -> list[str]:
     ``out``'s lock (a running plot's own would go too): a killed plot's stayed for good, with
     its half-drawn figures (ca_rev130).  A link or a file of that name is left alone."""
     pattern = re.compile(re.escape(STAGING_PREFIX) + r"[a-z0-9_]{8}")
-    removed = []
+    removed: list[str] = []
     if not os.path.isdir(out):
         return removed
     for name in sorted(os.listdir(out)):

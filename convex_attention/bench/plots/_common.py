@@ -22,12 +22,13 @@ import warnings
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal, overload
 
 import numpy as np
 
 from ...io.figures import plain
 from ...io.tables import ResultsFormatError, read_table
-from ...methods import get_method
+from ...methods import Method, get_method
 from ..results import DUAL_KINDS, KEY_FIELDS, STATUSES
 
 METHOD_COLORS = {"softmax": "#7f7f7f", "exact": "#1f77b4", "dual": "#2ca02c", "learned_dual": "#d62728",
@@ -138,6 +139,12 @@ def listing(items, limit: int = 5) -> str:
 MEASURABLE_MS = (1e-12, 1e12)
 
 
+@overload
+def number(row: dict, col: str, *, empty_ok: Literal[False] = False, positive: bool = False, nonneg: bool = False,
+           integer: bool = False, time_ms: bool = False) -> float: ...
+@overload
+def number(row: dict, col: str, *, empty_ok: bool, positive: bool = False, nonneg: bool = False,
+           integer: bool = False, time_ms: bool = False) -> float | None: ...
 def number(row: dict, col: str, *, empty_ok: bool = False, positive: bool = False, nonneg: bool = False,
            integer: bool = False, time_ms: bool = False) -> float | None:
     """The finite float in ``row[col]``; where ``empty_ok``, None for an empty value (not
@@ -190,7 +197,8 @@ class Skips:
     """The rows one figure left out, reported once, by line."""
 
     def __init__(self, figure: str, source: str = "bench.csv"):
-        self.figure, self.source, self.items = figure, source, []
+        self.figure, self.source = figure, source
+        self.items: list[str] = []
 
     def add(self, row: dict, why: str) -> None:
         what = "/".join(plain(row.get(k, ""), 20) for k in ("method", "dual_kind", "backend") if row.get(k))
@@ -224,7 +232,7 @@ class Series:
         return (m, self.method, k, self.kind, self.backend)
 
 
-def series_of(row: dict) -> tuple[Series, object]:
+def series_of(row: dict) -> tuple[Series, Method]:
     """The row's series and method record; BadValue for an unknown method or odd names."""
     name = text_of(row, "method")
     try:
@@ -264,7 +272,7 @@ def styles_for(series) -> dict:
 class Point:
     row: dict
     series: Series
-    record: object
+    record: Method  # the method's registry record (series_of)
     v: dict
 
 

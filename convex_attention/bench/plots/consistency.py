@@ -436,9 +436,10 @@ def draw_tradeoff_panel(ax, by_series: dict, styles: dict, dtype: str, floor: fl
 
 
 def tradeoff_legend(styles: dict, drawn: dict, floor: float) -> list:
-    handles = [Line2D([], [], color=styles[s][0], marker=styles[s][1], ms=5, ls="none",
-                      label=s.label + (" [float64]" if get_method(s.method).cpu_only else ""))
-               for s in sorted(styles, key=Series.order)]
+    handles: list[Line2D | Patch] = [
+        Line2D([], [], color=styles[s][0], marker=styles[s][1], ms=5, ls="none",
+               label=s.label + (" [float64]" if get_method(s.method).cpu_only else ""))
+        for s in sorted(styles, key=Series.order)]
     handles.append(Line2D([], [], color="#555555", lw=0.8, marker="o", mfc="none", ms=9,
                           label="Pareto front: nothing both faster and more consistent, violations compared only "
                                 "above the cells' dtype ε"))

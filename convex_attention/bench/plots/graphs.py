@@ -105,7 +105,8 @@ def plot_pareto_per_structure(rows, path, env=None, log: Log | None = None) -> s
         return None
     numbers = {**TRADEOFF_NUMBERS, "n_cells": {"positive": True, "integer": True}}
     points = ok_points(rows, "pareto_per_structure", numbers, log)
-    panels, not_measured, undrawn, at_cells = [], [], [], []  # at_cells: the drawn cells' ok points
+    not_measured: list[dict] = []  # the drawn cells' rows the sweep skipped
+    panels, undrawn, at_cells = [], [], []  # at_cells: the drawn cells' ok points
     for structure in structures:
         mine = [p for p in points if _structure(p.row) == structure]
         duals = [p for p in mine if p.series.method == "dual" and p.v["per_sample_ms"] is not None]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -386,7 +387,10 @@ def plot_core_benchmark(rows, ratios, path: str, env: dict | None = None) -> str
             any_wide |= _mark_wide(ax, bars)
             ax.set_title(titles[shapes])
             ax.set_ylabel(f"time per sample (µs)\n{stat}")
-        handles, labels = [], []
+        # Any: tuples of artists too (one entry, drawn by HandlerTuple), which matplotlib's stub of
+        # Figure.legend (handles: Iterable[Artist]) does not admit
+        handles: list[Any] = []
+        labels: list[str] = []
         if on_linear:  # the swatches in the methods' own colours
             handles += [tuple(Patch(color=c) for c in on_linear), tuple(Patch(color=c, alpha=0.45) for c in on_linear)]
             # the whole bar is the total: the rest above the forward is the backward median only where
@@ -636,7 +640,8 @@ def _speedup_lines(points) -> tuple[dict, dict]:
 # a ratio of two runs' times: a black ring around its point, which no backend's marker and no
 # other mark is (moreau's is a filled X; low confidence a dotted square); the legend and the
 # footer say what it means
-_ACROSS_RUNS_MARK = {"marker": "o", "ms": 11, "mfc": "none", "mec": "#111111", "mew": 1.0, "ls": "none", "zorder": 7}
+_ACROSS_RUNS_MARK: dict[str, Any] = {"marker": "o", "ms": 11, "mfc": "none", "mec": "#111111", "mew": 1.0,
+                                     "ls": "none", "zorder": 7}
 
 # how a cell not measured is marked along the bottom edge: a hollow marker in the backend's colour, its
 # shape the reason (the legend names each); shapes no backend uses (BACKEND_STYLES, SPARE_BACKEND_STYLES)
