@@ -466,13 +466,113 @@ def _ca_rev282_star_onto_a_centre_that_pools_on(seed: int):
     return h, [given_maps.normalised(q.float().double()) for q in leaves] + [None, None]
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev282: a star's given leaves agree only per cell of the coarsest map")
 def test_ca_rev282_a_star_s_given_leaves_agree_where_its_centre_pools_into_a_coarser_map():
-    """Run: :func:`_ca_rev282_star_onto_a_centre_that_pools_on` (seed 0), agreeing_given, the joint least squares of
-    every edge (:func:`_ca_rev280_joint_residual`).  Expected: ≤ 1e-13 (the leaves pool onto one centre).  Observed:
-    6.8e-10 in either order (finest or coarsest first; two passes alike): map 3's cells join the centre's into 2
-    components, so mass per component scales the leaves to agree on map 3 only, not on the centre.  End to end
-    (scores for maps 2 and 3, τ requiring grad): float64 dual (tol 1e-10) ConvergenceError, stalled at 2.9e-9; float32
-    work (dtype=torch.float32, tol 1e-6) a NaN temperature gradient with a TemperatureGradientWarning (seeds 0-3)."""
-    h, wide = _ca_rev282_star_onto_a_centre_that_pools_on(0)
-    assert _ca_rev280_joint_residual(h, given_maps.agreeing_given(h, wide)) <= 1e-13
+    """:func:`_ca_rev282_star_onto_a_centre_that_pools_on` (seeds 0-3), agreeing_given, the joint least squares of
+    every edge (:func:`_ca_rev280_joint_residual`): ≤ 1e-13 (the leaves pool onto one centre), and no given value
+    moved by more than the float32 rounding.  With the components' masses alone (either order, any number of passes)
+    it was 6.8e-10, 2.5e-9, 1.1e-9 and 1.1e-8: map 3's cells joined the centre's into 2 components, so the leaves
+    agreed on map 3 only.  Now the leaves are first scaled cell by cell of the centre to their mean pool there
+    (ca_rev288).  End to end (scores for maps 2 and 3, τ requiring grad), the float64 dual (tol 1e-10) had raised
+    ConvergenceError, stalled at 2.9e-9, and float32 work a NaN temperature gradient with a TemperatureGradientWarning:
+    both now solve, unwarned, and float32 work's temperature gradient is float64's to float32's resolution."""
+    import warnings
+
+    for seed in range(4):
+        h, wide = _ca_rev282_star_onto_a_centre_that_pools_on(seed)
+        out = given_maps.agreeing_given(h, wide)
+        assert _ca_rev280_joint_residual(h, out) <= 1e-13, seed
+        assert max(float(((a - w) / w).abs().max()) for a, w in zip(out, wide) if w is not None) <= 1e-6
+        g = torch.Generator().manual_seed(200 + seed)
+        scores = [None, None, torch.randn(2, 3, generator=g, dtype=torch.float64),
+                  torch.randn(2, 2, generator=g, dtype=torch.float64)]
+        grads = []
+        for dtype, options in ((torch.float64, dict(tol=1e-10)), (torch.float32, dict(tol=1e-6, dtype=torch.float32))):
+            tau = torch.tensor([1.0, 1.0, 0.7, 1.3], dtype=dtype, requires_grad=True)
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                solution = ca.solve([None if x is None else x.to(dtype) for x in scores], h, method="dual",
+                                    temperature=tau, given={k: wide[k].to(dtype) for k in (0, 1)}, **options)
+                (solution.probs[2][:, 0].sum() + solution.probs[3][:, 1].sum()).backward()
+            grads.append(tau.grad.double())
+        assert bool(torch.isfinite(grads[1]).all()), seed
+        torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-6)
+
+
+# ---- ca_rev288 (given maps made to agree cell by cell of the maps they pool into, in passes)
+
+
+def _ca_rev288_several_finest_maps(rng):
+    """A random structure of maps that are partitions of a base of 8-15 cells that is not in the graph: the first
+    2-3 drawn independently (several finest maps, none nested in another), each later one a merge of an earlier
+    map's cells, with a second finer map it also coarsens at random.  ``(graph, labels, base cells)``, or None where
+    the graph is refused (an implied edge) or a merge has nothing to merge."""
+    n0 = int(rng.integers(8, 16))
+    labels = [np.unique(rng.integers(0, int(rng.integers(3, n0)), n0), return_inverse=True)[1]
+              for _ in range(int(rng.integers(2, 4)))]
+    edges = []
+    for k in range(len(labels), len(labels) + int(rng.integers(2, 5))):
+        a = int(rng.integers(k))
+        na = int(labels[a].max()) + 1
+        if na < 2:
+            return None
+        nb = int(rng.integers(1, na))
+        merge = rng.permutation(np.concatenate([np.arange(nb), rng.integers(0, nb, na - nb)]))
+        labels.append(np.unique(merge[labels[a]], return_inverse=True)[1])
+        edges.append((a, k))
+        edges += [(b, k) for b in range(k) if b != a and rng.random() < 0.5 and all(
+            len(set(labels[k][labels[b] == c])) == 1 for c in range(int(labels[b].max()) + 1))]
+
+    def parents(a: int, b: int) -> torch.Tensor:
+        return torch.tensor([int(labels[b][labels[a] == c][0]) for c in range(int(labels[a].max()) + 1)])
+
+    try:
+        return ca.Graph.from_edges([int(x.max()) + 1 for x in labels], [(a, b, parents(a, b)) for a, b in edges]), \
+            labels, n0
+    except ValueError:
+        return None
+
+
+@pytest.mark.parametrize("adjacent", [False, True])
+def test_ca_rev288_given_maps_of_structures_with_several_finest_maps_agree_by_an_independent_least_squares(adjacent):
+    """Random structures with several finest maps (:func:`_ca_rev288_several_finest_maps`), half the maps given (given
+    maps adjacent to each other or not), pooled from one float64 map of the base and rounded to float32 apart: after
+    agreeing_given some scored maps pool onto them all (the joint least squares of every edge, numpy's: ≤ 1e-13), and
+    no given value moved by more than 1e-2 of itself (the least-squares fit of the first move shifts small cells; at
+    most 1.8e-3 of themselves over the 2,000 draws below).  With the components' masses alone, of 500 draws per kind
+    (seed 2) 2 and 6 were left apart (up to 1.3e-8); with the cell-by-cell move in one pass, 0 and 4 (up to 9.5e-10,
+    given maps adjacent); in passes, none (seeds 2 and 3, 1,000 draws per kind; at most 11 passes, 1 in 98 %)."""
+    rng = np.random.default_rng(5 + adjacent)
+    checked = 0
+    while checked < 60:
+        drawn = _ca_rev288_several_finest_maps(rng)
+        if drawn is None:
+            continue
+        h, labels, n0 = drawn
+        mask = rng.random(h.num_maps) < 0.5
+        if mask.sum() < 2 or (not adjacent and any(mask[a] and mask[b] for a, b in h.edges)):
+            continue
+        p = torch.softmax(3 * torch.from_numpy(rng.standard_normal((2, n0))), -1)
+        wide = [given_maps.normalised(_ca_rev280_pool(p, labels[k], h.sizes[k]).float().double()) if mask[k]
+                else None for k in range(h.num_maps)]
+        out = given_maps.agreeing_given(h, wide)
+        if out is None:
+            continue
+        checked += 1
+        assert _ca_rev280_joint_residual(h, out) <= 1e-13
+        assert max(float(((a - w) / w).abs().max()) for a, w in zip(out, wide) if w is not None) <= 1e-2
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev288, open: given maps related only through a scored map two scored maps "
+                   "meet at are not related (given_reach walks one direction from each map)")
+def test_ca_rev288_given_maps_hanging_off_two_scored_maps_that_meet_are_made_to_agree():
+    """Scored maps 0 and 1 (4 cells each) both pool by halves into the scored map 2; given map 3 is map 0's halves and
+    given map 4 map 1's, so both must equal map 2.  Apart (here 0.3 | 0.7 against 0.31 | 0.69, the joint
+    least squares' residual 2.5e-3; a float32 rounding apart alike), agreeing_given returns None: nothing relates them,
+    and the solve then refuses the contradiction.  Expected: agreeing maps (residual ≤ 1e-13)."""
+    h = ca.Graph.from_edges([4, 4, 2, 2, 2], [(0, 2, torch.tensor([0, 0, 1, 1])), (1, 2, torch.tensor([0, 0, 1, 1])),
+                                              (0, 3, torch.tensor([0, 0, 1, 1])), (1, 4, torch.tensor([0, 0, 1, 1]))])
+    given = [None, None, None, torch.tensor([[0.3, 0.7]], dtype=torch.float64),
+             torch.tensor([[0.31, 0.69]], dtype=torch.float64)]
+    assert _ca_rev280_joint_residual(h, given) > 1e-3  # (the oracle sees them apart)
+    out = given_maps.agreeing_given(h, given)
+    assert out is not None and _ca_rev280_joint_residual(h, out) <= 1e-13
