@@ -376,8 +376,16 @@ def _ca_rev280_consistent_partitions(rng):
     ``labels[k]`` the cell of map k that each cell of map 0 lies in.  None where the graph is
     refused (an implied edge)."""
     n0 = int(rng.integers(8, 16))
-    labels, edges = [np.arange(n0)], []
-    for k in range(1, int(rng.integers(3, 7))):
+    return _merged_partitions(rng, [np.arange(n0)], int(rng.integers(3, 7)))
+
+
+def _merged_partitions(rng, labels: list, stop: int):
+    """``labels`` (partitions of one base, as cell ids per base cell) extended to ``stop`` maps, each a random merge of
+    an earlier map's cells (an edge from it) that also coarsens each other earlier map it is a coarsening of with
+    probability 1/2 (an edge from that too): ``(graph, labels)``, or None where a merge has nothing to merge or the
+    graph is refused (an implied edge)."""
+    edges = []
+    for k in range(len(labels), stop):
         a = int(rng.integers(k))
         na = int(labels[a].max()) + 1
         if na < 2:
@@ -430,25 +438,37 @@ def test_ca_rev280_given_maps_of_random_structures_agree_by_an_independent_least
     of the float32 rounding), and no given map moved by more than that rounding.  (The coarsest-first order passes
     these 60 too: in a search of 1500 such instances it left 2 apart, by 1.1e-10 and 8.2e-10, beside the seeded case
     above; the finest-first order none.)"""
-    rng = np.random.default_rng(4)
-    checked = 0
-    while checked < 60:
+    def one_map_partitions(rng):  # (map 0 is the base)
         drawn = _ca_rev280_consistent_partitions(rng)
+        return None if drawn is None else drawn + (drawn[0].sizes[0],)
+
+    for h, wide, out in _agreed_draws(np.random.default_rng(4), one_map_partitions, 60, adjacent=False):
+        assert _ca_rev280_joint_residual(h, out) <= 1e-13
+        assert max(float((a - w).abs().max()) for a, w in zip(out, wide) if w is not None) <= 1e-7
+
+
+def _agreed_draws(rng, draw, count: int, adjacent: bool):
+    """``count`` draws of ``(graph, given maps, agreeing_given of them)``: a structure ``draw(rng)`` (``(graph, labels,
+    base cells)`` or None), half its maps given (never two adjacent ones unless ``adjacent``; at least two), pooled from
+    one float64 map of the base (batch 2) and rounded to float32 apart; structures none of whose given maps are related
+    are drawn again."""
+    checked = 0
+    while checked < count:
+        drawn = draw(rng)
         if drawn is None:
             continue
-        h, labels = drawn
+        h, labels, n0 = drawn
         mask = rng.random(h.num_maps) < 0.5
-        if mask.sum() < 2 or any(mask[a] and mask[b] for a, b in h.edges):
+        if mask.sum() < 2 or (not adjacent and any(mask[a] and mask[b] for a, b in h.edges)):
             continue
-        p = torch.softmax(3 * torch.from_numpy(rng.standard_normal((2, h.sizes[0]))), -1)
+        p = torch.softmax(3 * torch.from_numpy(rng.standard_normal((2, n0))), -1)
         wide = [given_maps.normalised(_ca_rev280_pool(p, labels[k], h.sizes[k]).float().double()) if mask[k]
                 else None for k in range(h.num_maps)]
         out = given_maps.agreeing_given(h, wide)
         if out is None:
             continue
         checked += 1
-        assert _ca_rev280_joint_residual(h, out) <= 1e-13
-        assert max(float((a - w).abs().max()) for a, w in zip(out, wide) if w is not None) <= 1e-7
+        yield h, wide, out
 
 
 # ---- ca_rev282 (hostile review of the finest-first order)
@@ -509,27 +529,8 @@ def _ca_rev288_several_finest_maps(rng):
     n0 = int(rng.integers(8, 16))
     labels = [np.unique(rng.integers(0, int(rng.integers(3, n0)), n0), return_inverse=True)[1]
               for _ in range(int(rng.integers(2, 4)))]
-    edges = []
-    for k in range(len(labels), len(labels) + int(rng.integers(2, 5))):
-        a = int(rng.integers(k))
-        na = int(labels[a].max()) + 1
-        if na < 2:
-            return None
-        nb = int(rng.integers(1, na))
-        merge = rng.permutation(np.concatenate([np.arange(nb), rng.integers(0, nb, na - nb)]))
-        labels.append(np.unique(merge[labels[a]], return_inverse=True)[1])
-        edges.append((a, k))
-        edges += [(b, k) for b in range(k) if b != a and rng.random() < 0.5 and all(
-            len(set(labels[k][labels[b] == c])) == 1 for c in range(int(labels[b].max()) + 1))]
-
-    def parents(a: int, b: int) -> torch.Tensor:
-        return torch.tensor([int(labels[b][labels[a] == c][0]) for c in range(int(labels[a].max()) + 1)])
-
-    try:
-        return ca.Graph.from_edges([int(x.max()) + 1 for x in labels], [(a, b, parents(a, b)) for a, b in edges]), \
-            labels, n0
-    except ValueError:
-        return None
+    drawn = _merged_partitions(rng, labels, len(labels) + int(rng.integers(2, 5)))
+    return None if drawn is None else drawn + (n0,)
 
 
 @pytest.mark.parametrize("adjacent", [False, True])
@@ -541,23 +542,8 @@ def test_ca_rev288_given_maps_of_structures_with_several_finest_maps_agree_by_an
     most 1.8e-3 of themselves over the 2,000 draws below).  With the components' masses alone, of 500 draws per kind
     (seed 2) 2 and 6 were left apart (up to 1.3e-8); with the cell-by-cell move in one pass, 0 and 4 (up to 9.5e-10,
     given maps adjacent); in passes, none (seeds 2 and 3, 1,000 draws per kind; at most 11 passes, 1 in 98 %)."""
-    rng = np.random.default_rng(5 + adjacent)
-    checked = 0
-    while checked < 60:
-        drawn = _ca_rev288_several_finest_maps(rng)
-        if drawn is None:
-            continue
-        h, labels, n0 = drawn
-        mask = rng.random(h.num_maps) < 0.5
-        if mask.sum() < 2 or (not adjacent and any(mask[a] and mask[b] for a, b in h.edges)):
-            continue
-        p = torch.softmax(3 * torch.from_numpy(rng.standard_normal((2, n0))), -1)
-        wide = [given_maps.normalised(_ca_rev280_pool(p, labels[k], h.sizes[k]).float().double()) if mask[k]
-                else None for k in range(h.num_maps)]
-        out = given_maps.agreeing_given(h, wide)
-        if out is None:
-            continue
-        checked += 1
+    for h, wide, out in _agreed_draws(np.random.default_rng(5 + adjacent), _ca_rev288_several_finest_maps, 60,
+                                      adjacent):
         assert _ca_rev280_joint_residual(h, out) <= 1e-13
         assert max(float(((a - w) / w).abs().max()) for a, w in zip(out, wide) if w is not None) <= 1e-2
 
