@@ -51,7 +51,7 @@ demo: $(STAMP)          ## the main job: quick benchmark, verification and figur
 test: $(STAMP)          ## the whole test suite, slow end-to-end tests included (what CI runs)
 	$(BIN)/python -m pytest -q
 
-check: $(STAMP)         ## lint (ruff) and types (mypy on the core, the floor, the command line and the harness), as CI runs them
+check: $(STAMP)         ## lint (ruff) and types (mypy on every part: the core, the floor, the command line, the harness and the experiment), as CI runs them
 	$(BIN)/python -m ruff check .
 	$(BIN)/python -m mypy
 

@@ -2640,3 +2640,22 @@ def test_ca_rev261_the_lesion_rim_and_dropped_structures_are_stated_as_measured(
     doc = " ".join(synthetic.__doc__.split())
     assert "one lesion in 500" in doc and "12 in 1000 at 56²" in doc
     assert "48² and 56² at difficulty 0" in " ".join(synthetic.render_rim_image.__doc__.split())
+
+
+# ---- ca_rev290 (types of paper)
+
+
+def test_brats_dataset_normalisation_without_a_training_patient_is_a_value_error(tmp_path):
+    """Before: one patient, held out by val_fraction, left no training patient, and normalisation "dataset"
+    summed the moments of none (sum() of nothing is 0): a raw TypeError ('int' object is not subscriptable) in
+    either split, where the command catches ValueErrors (found by mypy: ca_rev290).  Now a ValueError naming
+    the ways out; the per-volume normalisation, which needs no training patient, is unchanged."""
+    root = str(tmp_path / "b")
+    vols, seg = _anatomy()
+    seg[4:16, 12:30, 1] = 1
+    _write_patient(root, "Brats18_A_1", vols, seg)
+    kw = dict(val_fraction=0.6, seed=0, min_tumour_area=50, image_size=40, cache_dir=str(tmp_path / "c"))
+    for split in ("train", "val"):
+        with pytest.raises(ValueError, match="holds out the only patient.*normalisation 'volume'"):
+            BraTSSlices(root, split, normalisation="dataset", **kw)
+    assert len(BraTSSlices(root, "val", normalisation="volume", **kw)) > 0

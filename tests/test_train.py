@@ -1701,3 +1701,18 @@ def test_no_rank_trains_on_batches_of_one_image_before_a_batchnorm_over_a_one_by
         assert err.value.field == "n_train" and f"{n_train} training image(s) over {world} rank(s)" in str(err.value)
     with pytest.raises(_Built):
         T.train(TrainConfig.build(**small, n_train=max(n_train, 2), norm="group"), datasets=datasets)
+
+
+# ---- ca_rev290 (types of paper)
+
+
+def test_a_resume_state_without_config_resume_is_refused_before_any_work(tmp_path):
+    """Before: ``train(config, resume_state=state)`` without ``config.resume`` (the path the state was read
+    from) made --out, wrote its config.json, and ended in a TypeError of os.path.abspath(None) where best.pt
+    is carried from beside config.resume (found by mypy: ca_rev290).  Now a ValueError before any work."""
+    tiny = {**TINY, "n_train": 16, "n_val": 8}
+    train(TrainConfig.build(out=str(tmp_path / "a"), epochs=1, **tiny))
+    state = read_checkpoint(str(tmp_path / "a" / "last.pt"))
+    with pytest.raises(ValueError, match="set config.resume"):
+        train(TrainConfig.build(out=str(tmp_path / "b"), epochs=2, **tiny), resume_state=state)
+    assert not (tmp_path / "b").exists()

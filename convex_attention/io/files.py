@@ -111,9 +111,9 @@ def atomic_file(path: str):
         os.replace(tmp, path)
 
 
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (:func:`atomic_file`: temporary file in the same
-    folder, fsync, rename); the target is unchanged if anything fails."""
+def atomic_write_bytes(path: str, data: bytes | memoryview) -> None:
+    """Write ``data`` (bytes, or a buffer of them) to ``path`` atomically (:func:`atomic_file`: temporary
+    file in the same folder, fsync, rename); the target is unchanged if anything fails."""
     with atomic_file(path) as f:
         f.write(data)
 

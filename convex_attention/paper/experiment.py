@@ -185,7 +185,7 @@ def run_experiment(config: ExperimentConfig, out: str, progress: bool = True, lo
         ledger = ledger_path or default_ledger_path(variants_path or DEFAULT_VARIANTS_PATH)
         runs = _ledger_runs(ledger)
         sizes = split_sizes(config)
-        specs = split_specs(config.train.data, config.train.data_seed, {k: sizes[k] for k in ("train", "val", "dev")},
+        specs = split_specs(config.train.data, _data_seed(config), {k: sizes[k] for k in ("train", "val", "dev")},
                             config.difficulties[0], config.held_out_mimic)
         check_unspent(specs, [r for r in runs if r.get("stage") == "test"], what="the dev stage")
         check_dev_folder(os.path.join(out, "dev"))  # (again under the command's lock)
@@ -215,11 +215,19 @@ def _device(config: ExperimentConfig) -> str:
     return resolved_device(config.train.device)
 
 
+def _data_seed(config: ExperimentConfig) -> int:
+    """``train.data_seed``, which a valid experiment sets (:meth:`ExperimentConfig.validate`: every stage validates
+    its configuration first)."""
+    seed = config.train.data_seed
+    assert seed is not None
+    return seed
+
+
 def _splits(config: ExperimentConfig, difficulty: float, names) -> tuple[dict, dict]:
     """``(specs, datasets)`` of the named splits at ``difficulty``, checked disjoint."""
     tc = config.train
     n = split_sizes(config)
-    specs = split_specs(tc.data, tc.data_seed, {k: n[k] for k in names}, difficulty, config.held_out_mimic)
+    specs = split_specs(tc.data, _data_seed(config), {k: n[k] for k in names}, difficulty, config.held_out_mimic)
     check_disjoint(specs)
     return specs, {k: build_split(s, tc.data, tc.model.image_size, tc.model.in_channels) for k, s in specs.items()}
 
@@ -269,7 +277,7 @@ def _evaluate(model, dataset, threshold: float, device, ablation: bool, seed: in
 
 
 def _validity(train_set, held_out, config: ExperimentConfig) -> list:
-    return run_checks(train_set, held_out, seed=config.train.data_seed, limit=config.validity_images)
+    return run_checks(train_set, held_out, seed=_data_seed(config), limit=config.validity_images)
 
 
 def _uniform_check(attention: dict, plain: dict, where: str):
@@ -493,7 +501,7 @@ def _dev_ap(config: ExperimentConfig, model, dataset, indices: dict, upsamplings
 def _dev_plain_cnns(config: ExperimentConfig, sets: dict, folder: str, device, progress: bool, log) -> list[dict]:
     """The plain CNN (uniform pooling) with every dev seed, evaluated on the development
     split (for the reported check (c)); none when ``plain_cnn`` is off."""
-    plain_rows = []
+    plain_rows: list[dict] = []
     if not config.plain_cnn:
         return plain_rows
     for seed in config.dev_seeds:
@@ -698,7 +706,7 @@ def _test_condition(config: ExperimentConfig, variant: Variant, difficulty: floa
     specs, sets = _splits(config, difficulty, names)  # (the validation split's classes: checked by run_test)
     log(f"[test] {cond}: " + ", ".join(f"{k} {s.n} (seed {s.seed})" for k, s in specs.items()))
     validity = _validity(sets["train"], sets["test"], config)
-    model_free = fit_model_free(sets["dev"], seed=config.train.data_seed, limit=config.validity_images)
+    model_free = fit_model_free(sets["dev"], seed=_data_seed(config), limit=config.validity_images)
     test_sets = {"test": sets["test"]}
     if config.held_out_mimic:
         test_sets[f"heldout_{config.held_out_mimic}"] = sets["test_heldout"]

@@ -37,6 +37,8 @@ import math
 import os
 import warnings
 from collections import defaultdict
+from collections.abc import Sized
+from typing import Protocol, cast
 
 import numpy as np
 import torch
@@ -84,6 +86,14 @@ _SHORT = {"gradcam": "GradCAM", "deeplift": "DeepLIFT", "lrp": "LRP", "input_x_g
 _NORMALISED = set(POSTHOC) | {"model_free"}
 
 
+class _MarksDecisive(Protocol):
+    """A dataset that says which structure decides each label (:func:`has_decisive_masks`)."""
+
+    def __len__(self) -> int: ...
+
+    def decisive_mask(self, index: int) -> torch.Tensor: ...
+
+
 def has_decisive_masks(dataset: Dataset) -> bool:
     """Whether the data say which structure decides each label (:meth:`decisive_mask`)."""
     if not hasattr(dataset, "decisive_mask"):
@@ -101,8 +111,9 @@ def decisive_indices(dataset: Dataset, n: int) -> list[int]:
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"the number of images to explain must be a positive integer, got {n!r}")
     out = []
-    for i in range(len(dataset)):
-        if bool(dataset.decisive_mask(i).any()):
+    marked = cast(_MarksDecisive, dataset)  # (a dataset without decisive masks fails here, as before)
+    for i in range(len(marked)):
+        if bool(marked.decisive_mask(i).any()):
             out.append(i)
             if len(out) == n:
                 break
@@ -116,7 +127,7 @@ def lesion_indices(dataset: Dataset, n: int) -> list[int]:
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"the number of images to explain must be a positive integer, got {n!r}")
     out = []
-    for i in range(len(dataset)):
+    for i in range(len(cast(Sized, dataset))):  # (every dataset here has a length)
         _, label, mask = dataset[i]
         if int(label) == 1 and bool(mask.any()):
             out.append(i)
@@ -223,7 +234,12 @@ def reference_maps(images: torch.Tensor, masks: torch.Tensor, grids, model_free_
 
 
 def _spatial(m: torch.Tensor) -> tuple[int, int]:
-    return tuple(m.shape[-2:])
+    return cast("tuple[int, int]", tuple(m.shape[-2:]))
+
+
+def _image_size(masks: torch.Tensor) -> tuple[int, int]:
+    """``(H, W)`` of masks ``(B, H, W)``."""
+    return cast("tuple[int, int]", tuple(masks.shape[1:]))
 
 
 def score_explanations(maps: dict, masks: torch.Tensor, grids=(), upsampling: str = "nearest",
@@ -236,7 +252,7 @@ def score_explanations(maps: dict, masks: torch.Tensor, grids=(), upsampling: st
     ``grids`` at most as fine as the map and dividing it."""
     if upsampling not in UPSAMPLINGS:
         raise ValueError(f"upsampling must be one of {', '.join(UPSAMPLINGS)}, got {upsampling!r}")
-    size = tuple(masks.shape[1:])
+    size = _image_size(masks)
     rows = []
     for (method, level), m in maps.items():
         if len(m) != len(masks):  # (a larger batch of maps had its extra images dropped unsaid: ca_rev135)
@@ -342,8 +358,8 @@ def explain_models(models: dict, dataset: Dataset, n_images: int = EXPLAINED_IMA
         labels = torch.tensor([int(b[1]) for b in batch])
         masks = {"lesion": torch.stack([b[2] for b in batch])}
         if wanted["decisive"] & set(chosen):
-            masks["decisive"] = torch.stack([dataset.decisive_mask(i) for i in chosen])
-        size = tuple(masks["lesion"].shape[1:])
+            masks["decisive"] = torch.stack([cast(_MarksDecisive, dataset).decisive_mask(i) for i in chosen])
+        size = _image_size(masks["lesion"])
         model_maps = []
         for name, model in models.items():
             model.to(device)
@@ -663,7 +679,8 @@ def _summary_points(rows, metric: str) -> tuple[dict, int]:
     return out, skipped
 
 
-def _model_colour(model: str, models: list) -> str:
+def _model_colour(model: str, models: list) -> str | tuple[float, float, float, float]:
+    """The model's colour as matplotlib reads it: its own (hex), else tab10's RGBA by its place in ``models``."""
     if model in _MODEL_COLOURS:
         return _MODEL_COLOURS[model]
     import matplotlib.pyplot as plt

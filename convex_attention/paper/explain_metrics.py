@@ -112,7 +112,7 @@ def to_common_form(explanation: Tensor, size: tuple[int, int], upsampling: str =
     return _upsample(m, size, upsampling).clamp(min=0)
 
 
-def _sum_pool(m: Tensor, grid: tuple[int, int]) -> Tensor:
+def _sum_pool(m: Tensor, grid: tuple[int, ...]) -> Tensor:  # (two: unpacked below)
     """``(h, w)`` -> ``grid`` by summing blocks; ``h, w`` must be multiples of the grid."""
     h, w = m.shape
     gh, gw = grid

@@ -128,8 +128,8 @@ def model_scores(h: Hierarchy, batch: int, seed: int = 0, scale: float = 1.0, ch
     model.eval()
     check_score_seed(checkpoint, seed, state=state, images=batch)
     stored, source = _scoring_setup(checkpoint, state)
-    data, _ = build_datasets(source, None, model.config.image_size, model.config.in_channels, batch, 1,
-                             stored.difficulty, SCORE_SEED_OFFSET + seed)
+    data = build_datasets(source, None, model.config.image_size, model.config.in_channels, batch, 1,
+                          stored.difficulty, SCORE_SEED_OFFSET + seed)[0]  # (`_` is **_, the unused options)
     images = torch.stack([data[i][0] for i in range(batch)])
     with torch.no_grad():
         scores = model(images).scores

@@ -443,6 +443,7 @@ def check_benchmark_verdict(variants: Variants, allow_rejected: bool = False, wh
     if verdict == "not recorded":
         raise VariantsError(f"{where}: the variants file records no dev-stage verdict on the benchmark (it was written "
                             f"before the dev stage recorded one), so the benchmark was never accepted; {fix}")
+    assert variants.benchmark is not None  # verdict() is "not recorded" without one: raised above
     checks = variants.benchmark["checks"]
 
     def why(name):
@@ -980,6 +981,7 @@ def check_test_data(config, variants, ledger_path: str, where: str, force: bool 
     changed = [r for r in replaced + logged if variants_sha256 is not None and r.get("variants_sha256") not in
                (None, variants_sha256)]
     if changed:
+        assert variants_sha256 is not None  # (changed is empty without it)
         raise VariantsError(f"--force replaces an interrupted test run of the same variants only: the test run into "
                             f"{where} started {changed[0].get('started', '?')} ran the variants file with SHA-256 "
                             f"{str(changed[0].get('variants_sha256'))[:12]}…, this one's is {variants_sha256[:12]}…; "

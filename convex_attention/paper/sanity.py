@@ -69,7 +69,7 @@ def predict(model, dataset: Dataset, batch_size: int = 64, device="cpu", keep_ma
             maps.append([m.detach().double().cpu() for m in out.maps])
             scores.append([s.detach().double().cpu() for s in out.scores])
             violation.append(out.solution.violation.detach().double().cpu())
-    result = {"logits": torch.cat(logits), "labels": torch.cat(labels)}
+    result: dict[str, Tensor | list[Tensor]] = {"logits": torch.cat(logits), "labels": torch.cat(labels)}
     if keep_maps:
         result["maps"] = [torch.cat(level) for level in zip(*maps)]
         result["scores"] = [torch.cat(level) for level in zip(*scores)] if scores and scores[0] else []

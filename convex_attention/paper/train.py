@@ -39,8 +39,9 @@ import signal
 import threading
 import time
 import weakref
+from collections.abc import Sized
 from dataclasses import replace
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import numpy as np
 import torch
@@ -221,6 +222,7 @@ def _destroy_process_group() -> None:
     group = dist.group.WORLD
     backends = []
     for device in getattr(group, "_device_types", ()):  # private API: where absent, as before
+        assert group is not None  # (None has no _device_types: the loop runs only on a group)
         try:
             backends.append(group._get_backend(device))
         except RuntimeError:  # no backend for that device
@@ -390,7 +392,7 @@ def _class_counts(config: TrainConfig, dataset: Dataset) -> tuple[np.ndarray, li
     if labels is None and hasattr(dataset, "items"):  # (a folder's: read from its labels.csv)
         labels = [item[1] for item in dataset.items]
     if labels is None:
-        labels = [int(dataset[i][1]) for i in range(len(dataset))]
+        labels = [int(dataset[i][1]) for i in range(len(cast(Sized, dataset)))]
     counts = np.bincount(np.asarray(labels, dtype=np.int64).reshape(-1), minlength=config.model.num_classes)
     return counts, [c for c in range(config.model.num_classes) if counts[c] == 0]
 
@@ -405,7 +407,7 @@ def check_training_classes(config: TrainConfig, train_set: Dataset) -> None:
     counts, absent = _class_counts(config, train_set)
     if absent:
         fix = "add images of every class to the training data" + (" (root/train)" if config.data == "folder" else "")
-        raise ValueError(f"the training set ({len(train_set)} images) holds no image of class "
+        raise ValueError(f"the training set ({len(cast(Sized, train_set))} images) holds no image of class "
                          f"{', '.join(map(str, absent))} (per class: {', '.join(map(str, counts.tolist()))}); {fix}")
 
 
@@ -422,7 +424,7 @@ def check_validation_classes(config: TrainConfig, val_set: Dataset) -> None:
         fix = ("raise --n-val or change --data-seed" if config.data not in ("brats", "folder") else
                "add images of every class to the validation data" + (" (root/val)" if config.data == "folder" else
                                                                      " (or raise --val-fraction)"))
-        n = len(val_set)
+        n = len(cast(Sized, val_set))
         raise ValidationClassesError(f"the validation set ({n} image{'s' if n != 1 else ''}) holds no image of class "
                          f"{', '.join(map(str, absent))} (per class: {', '.join(map(str, counts.tolist()))}): its "
                          f"ROC AUC, which picks best.pt, and its balanced accuracy are undefined; {fix}")
@@ -430,8 +432,9 @@ def check_validation_classes(config: TrainConfig, val_set: Dataset) -> None:
 
 def check_data(config: TrainConfig, train_set: Dataset, val_set: Dataset) -> None:
     """ValueError unless both datasets hold images of the model's channels and size."""
-    if len(train_set) == 0 or len(val_set) == 0:
-        raise ValueError(f"empty dataset: {len(train_set)} training and {len(val_set)} validation images")
+    n_train, n_val = len(cast(Sized, train_set)), len(cast(Sized, val_set))  # (every dataset here has a length)
+    if n_train == 0 or n_val == 0:
+        raise ValueError(f"empty dataset: {n_train} training and {n_val} validation images")
     first = train_set[0][0]
     if first.shape[0] != config.model.in_channels:
         raise ValueError(f"the data has {first.shape[0]} channels but the model expects {config.model.in_channels} "
@@ -577,7 +580,8 @@ def train(config: TrainConfig, datasets: tuple[Dataset, Dataset] | None = None, 
     ``datasets``: ``(train, val)``, checked here unless they are :class:`CheckedData`
     (checked where they entered); ``None`` builds the configuration's data.
     ``resume_state``: the checkpoint ``config.resume`` names, already read
-    (:func:`~convex_attention.paper.models.read_checkpoint`: the command reads it once).
+    (:func:`~convex_attention.paper.models.read_checkpoint`: the command reads it once); ValueError without
+    ``config.resume``.
     ``log``: where the per-epoch lines go (default: ``print`` when ``config.progress``).
     ``model_class``: built as ``model_class(config=config.model)`` instead of
     :class:`AttentionUNet` (e.g. the plain CNN baseline, trained by the same loop).
@@ -587,6 +591,8 @@ def train(config: TrainConfig, datasets: tuple[Dataset, Dataset] | None = None, 
     refuses them (:func:`data_not_rebuilt`).
     """
     config.validate()
+    if resume_state is not None and config.resume is None:  # (was a TypeError after the run began: ca_rev290)
+        raise ValueError("resume_state is the checkpoint config.resume names: set config.resume to its path")
     if config.resume and resume_state is None:
         resume_state = read_checkpoint(config.resume)
     if resume_state is not None and datasets is None and (why := data_not_rebuilt(resume_state)) is not None:
@@ -601,6 +607,7 @@ def train(config: TrainConfig, datasets: tuple[Dataset, Dataset] | None = None, 
     start_epoch = check_resume(config, resume_state) if resume_state is not None else 1
     agreeing = bool(config.resume) and _distributed()[0] > 1  # the ranks start their group here
     if agreeing:
+        assert resume_state is not None  # config.resume names it: read above
         config, resume_state, start_epoch, datasets = _agree_on_the_resume(config, resume_state, start_epoch,
                                                                            datasets)
     try:
@@ -608,7 +615,7 @@ def train(config: TrainConfig, datasets: tuple[Dataset, Dataset] | None = None, 
             datasets = build_checked_datasets(config)
         elif not isinstance(datasets, CheckedData):
             check_data(config, *datasets)
-        check_no_batch_of_one(config, len(datasets[0]), _distributed()[0])
+        check_no_batch_of_one(config, len(cast(Sized, datasets[0])), _distributed()[0])
     except BaseException:
         if agreeing and dist.is_initialized():
             _destroy_process_group()  # started by _agree_on_the_resume: closed as _Run.close_group would
@@ -668,6 +675,7 @@ def _agree_on_the_resume(config: TrainConfig, resume_state: dict, start_epoch: i
             if agreed[0] != config:
                 datasets = None  # built from the settings this rank read on arrival
             config = agreed[0]
+            assert config.resume is not None  # rank 0's: it agrees only on a resume (train's `agreeing`)
             resume_state = read_checkpoint(config.resume)
             start_epoch = check_resume(config, resume_state)
     except BaseException:
@@ -708,15 +716,16 @@ class _Run:
         if self.main:
             os.makedirs(config.out, exist_ok=True)
         self.metrics: list[dict] = []
-        self.best, self.best_epoch = None, None
+        self.best: float | None = None
+        self.best_epoch: int | None = None
         self.updated = False  # an optimiser step was taken (here or before the checkpoint resumed from)
         self.net = self.model
         if self.world > 1:
             self.net = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.train_labels = labels_only(data.train)  # masks never reach training
-        self.sampler = torch.utils.data.DistributedSampler(self.train_labels, self.world, self.rank, shuffle=True,
-                                                           seed=config.seed) if self.world > 1 else None
+        self.sampler: torch.utils.data.DistributedSampler | None = torch.utils.data.DistributedSampler(
+            self.train_labels, self.world, self.rank, shuffle=True, seed=config.seed) if self.world > 1 else None
         loader_gen = torch.Generator().manual_seed(config.seed)
         self.loader = DataLoader(self.train_labels, batch_size=config.batch_size, shuffle=self.sampler is None,
                                  sampler=self.sampler, num_workers=config.workers,
@@ -730,6 +739,7 @@ class _Run:
     def restore(self, state: dict) -> None:
         """Continue from a checkpoint: its weights and optimiser, metrics and selection."""
         config = self.config
+        assert config.resume is not None  # train() refuses a resume_state without config.resume
         load_checkpoint(config.resume, self.model, self.optimizer, map_location=self.device, state=state)
         self.updated = True
         # the learning rate asked now, not the checkpoint's; the implementation's own keys (foreach,
@@ -812,10 +822,12 @@ class _Run:
         checkpoint comes along (the resumed one, or the ``best.pt`` beside it, whichever is of
         that epoch), so ``best.pt`` here is the epoch the selection holds; otherwise the log
         says where that epoch's checkpoint is."""
-        beside = os.path.join(os.path.dirname(os.path.abspath(self.config.resume)), "best.pt")
-        for path in (self.config.resume, beside):
+        resume = self.config.resume
+        assert resume is not None  # restored: train() refuses a resume_state without config.resume
+        beside = os.path.join(os.path.dirname(os.path.abspath(resume)), "best.pt")
+        for path in (resume, beside):
             try:
-                of_best = int((state if path == self.config.resume else read_checkpoint(path))["epoch"]) \
+                of_best = int((state if path == resume else read_checkpoint(path))["epoch"]) \
                     == self.best_epoch
             except (OSError, ValueError, KeyError, TypeError):
                 continue

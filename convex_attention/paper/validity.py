@@ -385,7 +385,7 @@ def check_pixel_map(train_images, train_masks, test_images, test_masks, seed: in
     per_image: dict[str, list[float]] = {name: [] for name in names}
     pooled = []
     for (images, masks, lesion), other_fit in zip(sets, fits[::-1]):  # maps fitted on the other set
-        weights = np.stack([other_fit.get(name, fixed.get(name)) for name in names]).astype(np.float32)
+        weights = np.stack([other_fit[name] if name in other_fit else fixed[name] for name in names]).astype(np.float32)
         fitted = np.empty(masks.shape, np.float32)  # the class-weighted fit's map of every image, for pooled AP
         for i, (image, mask) in enumerate(zip(images, masks)):
             maps = np.tensordot(weights, image.astype(np.float32), axes=1)  # (candidates, H, W)
@@ -395,7 +395,7 @@ def check_pixel_map(train_images, train_masks, test_images, test_masks, seed: in
                     per_image[name].append(_average_precision(m.ravel(), mask.ravel()))
         pooled.append(float(average_precision_score(masks.ravel(), fitted.ravel())))
     aps = {name: float(np.mean(v)) for name, v in per_image.items()}
-    best = max(aps, key=aps.get)
+    best = max(aps, key=aps.__getitem__)
     lesion_masks = np.concatenate([masks[lesion] for _, masks, lesion in sets])
     prevalence = float(lesion_masks.mean())
     single = max(v for k, v in aps.items() if "channel" in k)
@@ -484,7 +484,8 @@ def brain_mask_features(brain: np.ndarray, grid: int = 16) -> np.ndarray:
         last = np.where(any_along.any(1), n - 1 - any_along[:, ::-1].argmax(1), -1)
         return np.stack([first / n, last / n], 1)
 
-    summary = np.concatenate([b.mean((1, 2))[:, None], extent(brain.any(2), H), extent(brain.any(1), W)], 1)
+    summary = np.concatenate([b.mean((1, 2))[:, None], extent(np.asarray(brain.any(2)), H),
+                              extent(np.asarray(brain.any(1)), W)], 1)
     return np.concatenate([cells, summary], 1)
 
 

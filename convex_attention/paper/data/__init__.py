@@ -3,6 +3,8 @@ and a folder of your own images.  No data is ever downloaded."""
 from __future__ import annotations
 
 import os
+from collections.abc import Sized
+from typing import cast
 
 import torch
 from torch.utils.data import Dataset
@@ -25,12 +27,14 @@ class InMemory(Dataset):
     (:meth:`decisive_mask`)."""
 
     def __init__(self, dataset: Dataset):
+        self.decisive: torch.Tensor | None
+        n = len(cast(Sized, dataset))  # (every dataset here has a length)
         if hasattr(dataset, "render"):  # one render gives the item and its decisive mask
-            rendered = [dataset.render(i) for i in range(len(dataset))]
+            rendered = [dataset.render(i) for i in range(n)]
             items = [(r["image"], r["label"], r["mask"]) for r in rendered]
             self.decisive = torch.stack([r["decisive"] for r in rendered])
         else:
-            items = [dataset[i] for i in range(len(dataset))]
+            items = [dataset[i] for i in range(n)]
             self.decisive = None
         self.images = torch.stack([it[0] for it in items])
         self.labels = torch.stack([torch.as_tensor(it[1]) for it in items])
@@ -76,6 +80,8 @@ def build_datasets(source: str = "synthetic", root: str | None = None, image_siz
     if source == "folder":
         train, val = FolderDataset(os.path.join(root, "train")), FolderDataset(os.path.join(root, "val"))
         if train.image_shape != val.image_shape:  # both scanned: every image of a set shares one shape
+            # (scanned, each list of images non-empty: their first image set image_shape)
+            assert train.image_shape is not None and val.image_shape is not None
             shown = ["x".join(map(str, shape)) for shape in (train.image_shape, val.image_shape)]
             raise ValueError(f"the training images ({train.root!r}) are {shown[0]} (channels x height x width) but the "
                              f"validation images ({val.root!r}) are {shown[1]}: both sets must share one size and "

@@ -72,6 +72,7 @@ import glob
 import hashlib
 import json
 import os
+from typing import Any, Protocol, cast
 
 import numpy as np
 import torch
@@ -148,14 +149,15 @@ def _orientation(affine: np.ndarray, path: str) -> tuple[int, int, int]:
 
     codes = nib.aff2axcodes(affine)
     pairs = {"L": 0, "R": 0, "P": 1, "A": 1, "I": 2, "S": 2}
-    axes = [None, None, None]
+    axes: list[int | None] = [None, None, None]
     for axis, code in enumerate(codes):
         if code in pairs:
             axes[pairs[code]] = axis
-    if None in axes:
+    lr, ap, si = axes
+    if lr is None or ap is None or si is None:
         raise ValueError(f"{path!r}: its NIfTI affine gives no orientation (axis codes {codes}); "
                          f"re-export the volume with its affine")
-    return tuple(axes)
+    return lr, ap, si
 
 
 def _candidates(folder: str, patient: str, name: str) -> list[str]:
@@ -177,7 +179,8 @@ def _source_signature(folder: str, patient: str) -> dict:
             st = os.stat(path) if path is not None else None
         except OSError:
             st = None
-        files[name] = None if st is None else [os.path.basename(path), int(st.st_size), int(st.st_mtime_ns)]
+        files[name] = None if st is None or path is None else [os.path.basename(path), int(st.st_size),
+                                                               int(st.st_mtime_ns)]
     return {"source": os.path.realpath(folder), "files": files}
 
 
@@ -185,6 +188,18 @@ def _source_signature(folder: str, patient: str) -> dict:
 #: the header before the voxels, since a gzip file of a few kB can declare gigabytes of zeros (a
 #: 1.4 kB file declaring 2000**3 int16 voxels took 51 s and 15.5 GB before an error: ca_rev249).
 MAX_VOXELS = 512 ** 3
+
+
+class _NiftiVolume(Protocol):
+    """What is read of the image ``nibabel.load`` returns for a NIfTI file (typed by nibabel as a
+    ``FileBasedImage``, which declares none of it)."""
+
+    shape: tuple[int, ...]
+    affine: np.ndarray
+
+    def get_data_dtype(self) -> np.dtype: ...
+
+    def get_fdata(self, dtype: Any = ...) -> np.ndarray: ...
 
 
 class _Refused(Exception):
@@ -204,7 +219,7 @@ def _volume(folder: str, patient: str, name: str) -> tuple[np.ndarray, tuple, st
         raise ValueError(f"patient {patient!r}: missing {name} volume {candidates[0]!r} (or .nii); restore it, "
                          f"or remove the patient's folder {folder!r}")
     try:
-        image = nib.load(path)
+        image = cast(_NiftiVolume, nib.load(path))
         shape = tuple(int(n) for n in image.shape)
         if len(shape) != 3:
             raise _Refused(f"{path!r} has shape {shape}, expected a 3-D volume")
@@ -432,8 +447,8 @@ class BraTSSlices(Dataset):
         chosen = {"train": train, "val": val, "all": sorted(patients)}[split]
         self.cache_dir = cache_dir or os.path.join(root, ".convex_attention_cache")
         self.normalisation = normalisation
-        self.params = {"min_tumour_area": int(min_tumour_area), "image_size": int(image_size),
-                       "normalisation": normalisation, "version": CACHE_VERSION}
+        self.params: dict[str, Any] = {"min_tumour_area": int(min_tumour_area), "image_size": int(image_size),
+                                     "normalisation": normalisation, "version": CACHE_VERSION}
         self.patients = chosen
         self._writable = False
         self._folders = patients
@@ -446,7 +461,11 @@ class BraTSSlices(Dataset):
         self.stats = None
         if normalisation == "dataset":
             reference = sorted(patients) if split == "all" else train
-            total = sum(np.asarray(self._ensure_cached(pid, patients[pid])[1]) for pid in reference)
+            if not reference:  # one patient, held out by val_fraction (sum() of nothing is 0: a TypeError below)
+                raise ValueError(f"normalisation 'dataset' takes its statistics from the training patients, and "
+                                 f"val_fraction {val_fraction} holds out the only patient of {root!r}; use more "
+                                 f"patients, a smaller val_fraction, or normalisation 'volume'")
+            total = cast(np.ndarray, sum(np.asarray(self._ensure_cached(pid, patients[pid])[1]) for pid in reference))
             mean = total[:, 1] / total[:, 0]
             std = np.sqrt(np.maximum(total[:, 2] / total[:, 0] - mean ** 2, 0.0))
             self.stats = np.stack([mean, np.maximum(std, 1e-6)], 1).astype(np.float32)

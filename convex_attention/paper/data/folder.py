@@ -249,7 +249,7 @@ class FolderDataset(Dataset):
         self._path_of = {name: path for path, _, name in self.items}  # names are unique (seen)
         self.mask_root = os.path.join(root, mask_dir) if mask_dir else None
         self.has_masks = bool(self.mask_root and os.path.isdir(self.mask_root))
-        self.image_shape = None
+        self.image_shape: tuple[int, ...] | None = None
         self._mask_paths: dict[str, str] = {}
         # each scanned image's (file name, digest of its array, sketch of it as the model sees it),
         # in the label file's order

@@ -120,8 +120,10 @@ lesions are smaller than the area rule allows.
 from __future__ import annotations
 
 import math
+from collections.abc import Sized
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import TypedDict, cast
 
 import numpy as np
 import torch
@@ -333,7 +335,19 @@ LABEL_RULES = ("presence", "brightest")
 #: others ``u ~ U[others]``, the lesion of a normal image ``u ~ U[lesion_in_normal]``;
 #: additive per-pixel noise (per channel, in raw tissue units) instead of the multiplicative
 #: heterogeneity; ``specks`` small bright structures of ``speck_area`` x the minimum area.
-BRIGHTEST = {"offset_max": 2.0, "base": 0.3, "others": (0.4, 0.8), "lesion_in_normal": (0.55, 0.8),
+class _BrightestRule(TypedDict):
+    offset_max: float
+    base: float
+    others: tuple[float, float]
+    lesion_in_normal: tuple[float, float]
+    gain_jitter: float
+    pixel_noise: float
+    specks: int
+    speck_area: float
+    speck_u: tuple[float, float]
+
+
+BRIGHTEST: _BrightestRule = {"offset_max": 2.0, "base": 0.3, "others": (0.4, 0.8), "lesion_in_normal": (0.55, 0.8),
              "gain_jitter": 0.1, "pixel_noise": 1.0, "specks": 12, "speck_area": 0.15, "speck_u": (0.6, 1.1)}
 
 
@@ -470,7 +484,8 @@ def render_rim_image(seed: int, index: int, image_size: int = 128, channels: int
         # the rule defines the label: a lesion that is the only structure placed is the brightest
         label = int(max(range(len(placed)), key=amplitudes.__getitem__) == lesion_slot)
 
-    kinds, areas = [], []
+    kinds: list[str] = []
+    areas: list[int] = []
     for slot, (area, lobes, centre) in enumerate(placed):
         kind = "lesion" if slot == lesion_slot else types[int(torch.randint(len(types), (1,), generator=g))]
         pixels = _draw_structure(g, canvas, len(kinds), kind, area, lobes, centre, strength,
@@ -489,7 +504,11 @@ def render_rim_image(seed: int, index: int, image_size: int = 128, channels: int
         return img, label, mask
     # the structure that decides the label: the brightest (either label) under the
     # brightest rule; the lesion (lesion images only) under the presence rule
-    deciding = max(range(len(kinds)), key=amplitudes.__getitem__) if brightest else (lesion_slot if label else -1)
+    if brightest:
+        assert amplitudes is not None  # drawn above, under the brightest rule
+        deciding = max(range(len(kinds)), key=amplitudes.__getitem__)
+    else:
+        deciding = lesion_slot if label else -1
     out = {"image": img, "label": label, "mask": mask, "compartment": compartment.view(S, S),
            "structure": structure.view(S, S), "kinds": kinds, "areas": areas, "dropped": dropped,
            "decisive": (structure == deciding).view(S, S) if deciding >= 0 else torch.zeros(S, S, dtype=torch.bool)}
@@ -745,7 +764,7 @@ class labels_only(Dataset):  # noqa: N801 - reads as a function at the call site
         self.dataset = dataset
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return len(cast(Sized, self.dataset))
 
     def __getitem__(self, index: int):
         image_label = getattr(self.dataset, "image_label", None)

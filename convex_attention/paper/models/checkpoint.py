@@ -211,6 +211,7 @@ def read_checkpoint(path: str, map_location="cpu") -> dict:
         ModelConfig.from_dict(state["config"]).validate()
     except (ConfigError, TypeError, ValueError) as err:
         raise ValueError(f"{path!r} holds an invalid model configuration: {_first_line(err)}") from None
+    assert isinstance(weights, dict)  # else "no weights" was a problem, raised above
     _check_finite_weights(path, weights)
     return state
 

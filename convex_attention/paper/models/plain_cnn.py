@@ -19,6 +19,8 @@ checkpoint; :func:`is_plain_cnn_checkpoint` tells its checkpoints from attention
 """
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import Tensor, nn
 
@@ -90,7 +92,7 @@ class PlainCNN(nn.Module):
 
     def attention_layer(self, level: int) -> nn.Module:
         """The last ReLU of the block of attention level ``level`` (for GradCAM), as in the attention model."""
-        return self.blocks[attention_block(self.config, level)][-1]
+        return cast(nn.Sequential, self.blocks[attention_block(self.config, level)])[-1]
 
 
 def is_plain_cnn_checkpoint(state: dict) -> bool:

@@ -45,6 +45,7 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass, replace
+from typing import cast
 
 import numpy as np
 import torch
@@ -144,6 +145,8 @@ class AttentionUNet(nn.Module):
     replace the config's fields).  The configuration is validated first.
     """
 
+    base_temperature: Tensor  # a buffer (register_buffer)
+
     def __init__(self, config: ModelConfig | None = None, **fields_):
         super().__init__()
         if config is not None and not isinstance(config, ModelConfig):
@@ -212,7 +215,7 @@ class AttentionUNet(nn.Module):
 
     def attention_layer(self, level: int) -> nn.Module:
         """The last ReLU of the block behind attention level ``level`` (for GradCAM)."""
-        return self.blocks[attention_block(self.config, level)][-1]
+        return cast(nn.Sequential, self.blocks[attention_block(self.config, level)])[-1]
 
 
 def attention_block(cfg: ModelConfig, level: int) -> int:
