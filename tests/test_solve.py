@@ -2027,3 +2027,107 @@ def test_jit_trace_of_a_method_that_iterates_on_the_values_is_refused_naming_tho
     traced = torch.jit.trace(Model("exact"), example, check_trace=False)
     other = (torch.randn(3, 4, 4), 3 * torch.randn(3, 2, 2))
     torch.testing.assert_close(traced(*other), Model("exact")(*other))
+
+
+# ---- ca_rev287 (mutation testing of solve.py)
+
+
+def test_ca_rev287_a_data_swap_to_another_offset_of_the_same_storage_makes_the_solution_stale():
+    """Kills ``_storage_of`` returning ``(storage, 0)`` (the offset dropped): ``scores[0].data = buf[8:]`` where the
+    solve read ``buf[:8]`` keeps the version (``.data`` assignment) and the storage object (the same buffer), so only
+    the offset tells; the mutant read the objective of the other half of the buffer silently."""
+    h = ca.Hierarchy.grid([(4,), (2,)])
+    g = torch.Generator().manual_seed(0)
+    buf = torch.randn(16, generator=g, dtype=torch.float64)
+    coarse = torch.randn(2, 2, generator=g, dtype=torch.float64)
+    fine = buf[:8].view(2, 4)
+    sol = ca.solve([fine, coarse], h, "exact")
+    version = fine._version
+    fine.data = buf[8:].view(2, 4)
+    assert fine._version == version and fine.untyped_storage()._cdata == buf.untyped_storage()._cdata
+    with pytest.raises(ca.StaleSolution):
+        _ = sol.objective
+
+
+def test_ca_rev287_an_inference_input_holding_nan_is_not_stale_when_unchanged():
+    """Kills ``equal_nan=False`` in ``Solution._stale``'s comparison of inference inputs with their copies: a batch
+    solved under ``torch.inference_mode()`` with ``check_finite=False`` whose sample 1 holds a NaN score (NaN != NaN)
+    was always stale, so reading the objective raised StaleSolution though nothing changed; sample 0's objective is
+    that of sample 0 solved alone (1.744...), sample 1's NaN."""
+    h = ca.Hierarchy.grid([(4,), (2,)])
+    g = torch.Generator().manual_seed(1)
+    scores = [torch.randn(2, 4, generator=g, dtype=torch.float64), torch.randn(2, 2, generator=g, dtype=torch.float64)]
+    want = ca.solve([s[:1] for s in scores], h, "softmax").objective
+    scores[0][1, 2] = float("nan")
+    with torch.inference_mode():
+        frozen = [s.clone() for s in scores]
+    got = ca.solve(frozen, h, "softmax", check_finite=False).objective
+    torch.testing.assert_close(got[:1], want, rtol=0, atol=0)
+    assert math.isnan(float(got[1]))
+
+
+def test_ca_rev287_the_envelope_objective_of_a_first_order_exact_method_is_finite_with_masked_cells(monkeypatch):
+    """Kills ``offset = s - s.detach()`` (the ``torch.where(isfinite)`` dropped) in ``Solution._objective``: no
+    built-in method on the envelope path (exact in its record, first-order backward: dual, cvxpylayers) takes a −∞
+    score, but a registered one may (design.md: ``register_method``).  Here exact's closed form registered as first
+    order, a −∞ cell, ``check_finite=False``: −∞ − (−∞) made the zero-valued offset term NaN and the objective
+    [nan, 3.67]; it is exact's [0.942, 3.670], and its gradient is the maps exactly."""
+    from convex_attention.methods import REGISTRY, Method, get_method
+    monkeypatch.setitem(REGISTRY, "ca_rev287_first_order_exact", Method(
+        "ca_rev287_first_order_exact", get_method("exact").function, "exact's closed form, recorded first order",
+        exact=True, consistent=True, structures="forest"))
+    h = ca.Hierarchy.grid([(4,), (2,)])
+    g = torch.Generator().manual_seed(2)
+    s0 = torch.randn(2, 4, generator=g, dtype=torch.float64)
+    s0[0, 1] = -math.inf
+    scores = [s0.requires_grad_(), torch.randn(2, 2, generator=g, dtype=torch.float64, requires_grad=True)]
+    want = ca.solve(scores, h, "exact", check_finite=False).objective
+    sol = ca.solve(scores, h, "ca_rev287_first_order_exact", check_finite=False)
+    torch.testing.assert_close(sol.objective, want, rtol=0, atol=1e-12)
+    for grad, p in zip(torch.autograd.grad(sol.objective.sum(), scores), sol.probs):
+        torch.testing.assert_close(grad, p.detach(), rtol=0, atol=0)
+
+
+def test_ca_rev287_dual_objective_gradient_holds_the_duals_fixed_even_at_a_loose_tolerance():
+    """Kills ``if True:`` for ``if not self._at_optimum():`` in ``Solution._dual_objective`` (the duals not held
+    fixed): at ``tol=1e-3`` the gradient of g(λ) then picks up ∂g/∂λ·∂λ/∂θ through dual's implicit backward, which
+    is not 0 off the optimum; held fixed it is ∂g/∂θ at the returned duals, bit for bit."""
+    from convex_attention import metrics
+    h = ca.Graph.axial((3, 3))
+    g = torch.Generator().manual_seed(7)
+    scores = [(3 * torch.randn(2, *s, generator=g, dtype=torch.float64)).requires_grad_() for s in h.shapes]
+    sol = ca.solve(scores, h, "dual", tol=1e-3, gap_tol=1e-3, newton=False, strict=False)
+    grads = torch.autograd.grad(sol.dual_objective.sum(), scores)
+    fixed = [d.detach() for d in sol.duals]
+    wants = torch.autograd.grad(metrics.dual_objective(scores, fixed, h, sol.temperature, None).sum(), scores)
+    for grad, want in zip(grads, wants):
+        torch.testing.assert_close(grad, want, rtol=0, atol=1e-14)
+
+
+def test_ca_rev287_the_forward_mode_refusal_says_carries_for_one_tensor_and_carry_for_several():
+    """Kills ``len(tangent) != 1`` in solve's forward-mode refusal: its message read "scores[0] carry" and
+    "scores[0] and scores[1] carries"."""
+    import torch.autograd.forward_ad as fwad
+    h = ca.Hierarchy.grid([(4,), (2,)])
+    g = torch.Generator().manual_seed(4)
+    scores = [torch.randn(2, 4, generator=g, dtype=torch.float64), torch.randn(2, 2, generator=g, dtype=torch.float64)]
+    with fwad.dual_level():
+        tangents = [fwad.make_dual(s, torch.ones_like(s)) for s in scores]
+        with pytest.raises(NotImplementedError, match=r"'exact'\): scores\[0\] carries a forward-mode tangent"):
+            ca.solve([tangents[0], scores[1]], h, "exact")
+        with pytest.raises(NotImplementedError, match=r"'exact'\): scores\[0\] and scores\[1\] carry a forward-mode"):
+            ca.solve(tangents, h, "exact")
+
+
+def test_ca_rev287_consistency_loss_of_half_precision_scores_is_computed_in_float32():
+    """Kills ``consistency_loss_unchecked(list(scores), ...)`` (the scores not cast to the compute dtype): with
+    float16 scores at τ = 0.05 the loss was computed partly in half precision, 131.3417 against 131.3319 for the same
+    values as float32; cast, it is the float32 loss bit for bit."""
+    h = ca.Hierarchy.grid([(4,), (2,)])
+    g = torch.Generator().manual_seed(5)
+    scores = [(torch.randn(2, 4, generator=g) * 3).half(), (torch.randn(2, 2, generator=g) * 3).half()]
+    duals = [torch.randn(2, 2, generator=g) * 2]
+    got = ca.consistency_loss(scores, duals, h, temperature=0.05)
+    want = ca.consistency_loss([s.float() for s in scores], duals, h, temperature=0.05)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
