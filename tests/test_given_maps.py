@@ -548,13 +548,12 @@ def test_ca_rev288_given_maps_of_structures_with_several_finest_maps_agree_by_an
         assert max(float(((a - w) / w).abs().max()) for a, w in zip(out, wide) if w is not None) <= 1e-2
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev288, open: given maps related only through a scored map two scored maps "
-                   "meet at are not related (given_reach walks one direction from each map)")
 def test_ca_rev288_given_maps_hanging_off_two_scored_maps_that_meet_are_made_to_agree():
     """Scored maps 0 and 1 (4 cells each) both pool by halves into the scored map 2; given map 3 is map 0's halves and
     given map 4 map 1's, so both must equal map 2.  Apart (here 0.3 | 0.7 against 0.31 | 0.69, the joint
-    least squares' residual 2.5e-3; a float32 rounding apart alike), agreeing_given returns None: nothing relates them,
-    and the solve then refuses the contradiction.  Expected: agreeing maps (residual ≤ 1e-13)."""
+    least squares' residual 2.5e-3; a float32 rounding apart alike), agreeing_given returned None (given_reach walks
+    one direction from each map: nothing related them), and the solve refused the contradiction.  The components of
+    every edge (components_of_every_edge, ca_rev291) relate them: agreeing maps (residual ≤ 1e-13), each the mean."""
     h = ca.Graph.from_edges([4, 4, 2, 2, 2], [(0, 2, torch.tensor([0, 0, 1, 1])), (1, 2, torch.tensor([0, 0, 1, 1])),
                                               (0, 3, torch.tensor([0, 0, 1, 1])), (1, 4, torch.tensor([0, 0, 1, 1]))])
     given = [None, None, None, torch.tensor([[0.3, 0.7]], dtype=torch.float64),
@@ -562,6 +561,7 @@ def test_ca_rev288_given_maps_hanging_off_two_scored_maps_that_meet_are_made_to_
     assert _ca_rev280_joint_residual(h, given) > 1e-3  # (the oracle sees them apart)
     out = given_maps.agreeing_given(h, given)
     assert out is not None and _ca_rev280_joint_residual(h, out) <= 1e-13
+    torch.testing.assert_close(out[3], torch.tensor([[0.305, 0.695]], dtype=torch.float64), rtol=0, atol=1e-15)
 
 
 # ---- ca_rev289 (hostile review of ca_rev288)
@@ -609,3 +609,46 @@ def test_ca_rev289_the_zigzag_stays_apart_in_one_pass(monkeypatch):
     worst = max(_ca_rev280_joint_residual(h, given_maps.agreeing_given(h, wide))
                 for h, wide in map(_ca_rev289_zigzag, range(4)))
     assert worst > 1e-11, worst
+
+
+# ---- ca_rev291 (given maps joined along every edge that constrains them)
+
+
+def test_ca_rev291_a_scored_map_with_one_edge_does_not_join_the_components_of_every_edge():
+    """Given map 0 (4 cells) pools into scored map 5 ({0} | {1, 2, 3}) and into scored map 3 ({1, 2} | {0, 3}), which
+    nothing else touches; scored map 2 (5 cells) pools into 5 ({0, 2, 4} | {1, 3}) and into given map 6
+    ({0, 4} | {2} | {1, 3}).  So map 5's cell 1 is both map 0's cell 0 and map 6's block 2: they must agree.  Kept,
+    map 3 joined map 0's cells 0 and 3 and so both of map 5's cells into one component (their totals alone, which
+    agree): the pair stayed 7.8e-10 apart after float32 rounding (a draw of the random families).  Map 3 (one edge)
+    constrains nothing and is left out: the components are map 5's cells, and the maps agree (≤ 1e-13)."""
+    h = ca.Graph.from_edges([4, 3, 5, 2, 3, 2, 3], [(0, 3, torch.tensor([1, 0, 0, 1])),
+                                                    (2, 4, torch.tensor([0, 1, 1, 2, 0])),
+                                                    (0, 5, torch.tensor([1, 0, 0, 0])),
+                                                    (2, 5, torch.tensor([0, 1, 0, 1, 0])),
+                                                    (2, 6, torch.tensor([0, 2, 1, 2, 0]))])
+    mask = [True, True, False, False, False, False, True]
+    ids = given_maps.components_of_every_edge(h, mask)
+    assert ids is not None
+    assert ids[0][0] != ids[0][1] and ids[0][1] == ids[0][2] == ids[0][3]  # map 5's two cells, apart
+    assert ids[6][2] == ids[0][0] and ids[6][0] == ids[6][1] == ids[0][1]
+    p = torch.softmax(torch.randn(2, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64), -1)
+    x0 = torch.stack([p[:, 1] + p[:, 3], p[:, 0] * 0.5, p[:, 2], p[:, 4] + p[:, 0] * 0.5], 1)  # (its cell 0: map 5's 1)
+    q6 = _ca_rev280_pool(p, torch.tensor([0, 2, 1, 2, 0]), 3)
+    wide = [given_maps.normalised(q.float().double()) if q is not None else None
+            for q in (x0, torch.full((2, 3), 1 / 3, dtype=torch.float64), None, None, None, None, q6)]
+    assert _ca_rev280_joint_residual(h, wide) > 1e-10  # (apart by their rounding)
+    out = given_maps.agreeing_given(h, wide)
+    assert _ca_rev280_joint_residual(h, out) <= 1e-13
+
+
+def test_ca_rev291_only_the_finer_of_two_groupings_where_one_implies_the_other():
+    """``_implied``: components that each lie in one coarser component, held by the same given maps, imply the coarser
+    ones' agreement; a finer component held by fewer maps, or one split over two coarser ones, does not."""
+    from convex_attention.given_maps import _implied
+
+    fine = {0: torch.tensor([0, 0, 1, 1]), 1: torch.tensor([0, 1])}
+    coarse = {0: torch.tensor([0, 0, 0, 0]), 1: torch.tensor([0, 0])}
+    assert _implied(fine, coarse) and not _implied(coarse, fine)
+    assert not _implied({0: torch.tensor([0, 0, 1, 1]), 1: torch.tensor([0, 0])}, coarse)  # map 1 not in component 1
+    assert not _implied({0: torch.tensor([0, 0, 0, 0]), 1: torch.tensor([0, 0])},
+                        {0: torch.tensor([0, 0, 1, 1]), 1: torch.tensor([0, 1])})  # split
