@@ -652,3 +652,110 @@ def test_ca_rev291_only_the_finer_of_two_groupings_where_one_implies_the_other()
     assert not _implied({0: torch.tensor([0, 0, 1, 1]), 1: torch.tensor([0, 0])}, coarse)  # map 1 not in component 1
     assert not _implied({0: torch.tensor([0, 0, 0, 0]), 1: torch.tensor([0, 0])},
                         {0: torch.tensor([0, 0, 1, 1]), 1: torch.tensor([0, 1])})  # split
+
+
+# ---- ca_rev292 (hostile review of ca_rev291)
+
+
+def _ca_rev292_difference(seed: int):
+    """Scored map 0 (3 cells) pools into given map 1 ({0, 1} | {2}), given map 2 ({0} | {1, 2}) and scored map 3
+    ({1} | {0, 2}); given map 4 (3 cells) pools into map 3 ({0} | {1, 2}).  Maps 1 and 2 fix map 0 (its cell 1 is
+    map 1's cell 0 less map 2's cell 0), so map 4's cell 0 must be that difference: a relation of given maps that is
+    no component's mass.  Pools of one float64 map 0 (batch 2, map 4's second cell split 0.3 | 0.7), rounded to
+    float32 apart.  ``(graph, given maps)``."""
+    h = ca.Graph.from_edges([3, 2, 2, 2, 3], [(0, 1, torch.tensor([0, 0, 1])), (0, 2, torch.tensor([0, 1, 1])),
+                                              (0, 3, torch.tensor([1, 0, 1])), (4, 3, torch.tensor([0, 1, 1]))])
+    x = torch.softmax(torch.randn(2, 3, generator=torch.Generator().manual_seed(seed), dtype=torch.float64), -1)
+    s = _ca_rev280_pool(x, [1, 0, 1], 2)
+    q4 = torch.stack([s[:, 0], 0.3 * s[:, 1], 0.7 * s[:, 1]], 1)
+    wide = [given_maps.normalised(q.float().double()) for q in (_ca_rev280_pool(x, [0, 0, 1], 2),
+                                                                 _ca_rev280_pool(x, [0, 1, 1], 2), q4)]
+    return h, [None, wide[0], wide[1], None, wide[2]]
+
+
+@pytest.mark.xfail(strict=True, reason="given maps related by a difference of a scored map's cells (map 4's cell 0 = "
+                                       "map 1's cell 0 - map 2's cell 0) are related by no grouping: left apart")
+def test_ca_rev292_given_maps_related_by_a_difference_of_cells_are_made_to_agree():
+    """:func:`_ca_rev292_difference` (seeds 0-2): the joint least squares of every edge is 2.6e-9, 3.6e-9 and 1.5e-9
+    in, and the same after agreeing_given (old and new alike: map 0's cells joined by maps 1 and 2 are one component,
+    its totals alone, and given_reach does not relate map 4 to them).  End to end the float64 dual (tol 1e-10, scores
+    for maps 0 and 3) raises ConvergenceError, stalled at 2e-9 to 4e-8; float32 work solves.  Found in 1 of 200 random
+    draws (a union of _ca_rev288_several_finest_maps and _ca_rev280_consistent_partitions, given maps adjacent; 3.0e-9)
+    and 1 of 200 of _ca_rev288_several_finest_maps (1.7e-9), both by HEAD~1 too.  A projection of the given maps onto
+    the consistent ones (the left null space of the scored maps' columns of every edge's equations, float64, once per
+    structure) would relate every such pair."""
+    for seed in range(3):
+        h, wide = _ca_rev292_difference(seed)
+        out = given_maps.agreeing_given(h, wide)
+        assert out is not None and _ca_rev280_joint_residual(h, out) <= 1e-13, seed
+
+
+def test_ca_rev292_scored_maps_left_with_one_edge_by_the_pruning_are_pruned_in_turn():
+    """ca_rev291's first structure with scored map 7 (1 cell) below scored map 3: map 7 has one edge, and once it is
+    left out so has map 3, which joined map 0's cells 0 and 3.  Pruned once only (map 3 kept), map 5's two cells were
+    one component and the pair stayed 7.8e-10 apart; pruned until none is left, they agree (≤ 1e-13)."""
+    h = ca.Graph.from_edges([4, 3, 5, 2, 3, 2, 3, 1], [(0, 3, torch.tensor([1, 0, 0, 1])),
+                                                       (2, 4, torch.tensor([0, 1, 1, 2, 0])),
+                                                       (0, 5, torch.tensor([1, 0, 0, 0])),
+                                                       (2, 5, torch.tensor([0, 1, 0, 1, 0])),
+                                                       (2, 6, torch.tensor([0, 2, 1, 2, 0])),
+                                                       (3, 7, torch.tensor([0, 0]))])
+    ids = given_maps.components_of_every_edge(h, [True, True, False, False, False, False, True, False])
+    assert ids is not None and ids[0][0] != ids[0][1] and ids[0][1] == ids[0][2] == ids[0][3]
+    p = torch.softmax(torch.randn(2, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64), -1)
+    x0 = torch.stack([p[:, 1] + p[:, 3], p[:, 0] * 0.5, p[:, 2], p[:, 4] + p[:, 0] * 0.5], 1)
+    q6 = _ca_rev280_pool(p, torch.tensor([0, 2, 1, 2, 0]), 3)
+    wide = [given_maps.normalised(q.float().double()) if q is not None else None
+            for q in (x0, torch.full((2, 3), 1 / 3, dtype=torch.float64), None, None, None, None, q6, None)]
+    assert _ca_rev280_joint_residual(h, wide) > 1e-10
+    assert _ca_rev280_joint_residual(h, given_maps.agreeing_given(h, wide)) <= 1e-13
+
+
+def test_ca_rev292_components_of_every_edge_none_where_no_component_relates_given_maps():
+    """Given maps 0 and 1 (2 cells) pool into the one cell of scored map 2, and given map 3 (2 cells) has no edge:
+    the one shared component holds all of maps 0 and 1 (their totals), and map 3's cells are components of their own,
+    held by it alone, so components_of_every_edge is None.  With map 2 of 2 cells (parents [0, 1] each) both of its
+    components are shared and held in part: component ids."""
+    mask = [True, True, False, True]
+    h = ca.Graph.from_edges([2, 2, 1, 2], [(0, 2, torch.tensor([0, 0])), (1, 2, torch.tensor([0, 0]))])
+    assert given_maps.components_of_every_edge(h, mask) is None
+    h = ca.Graph.from_edges([2, 2, 2, 2], [(0, 2, torch.tensor([0, 1])), (1, 2, torch.tensor([0, 1]))])
+    ids = given_maps.components_of_every_edge(h, mask)
+    assert ids is not None and ids[0].tolist() == ids[1].tolist() and ids[0][0] != ids[0][1]
+
+
+def test_ca_rev292_the_finer_grouping_is_kept_where_it_implies_the_coarser():
+    """Given maps 0 and 1 (3 cells) pool cell for cell into scored map 2, and scored maps 3 and 5 (3 cells, cell for
+    cell into map 2) both pool into scored map 4 ({0, 1} | {2}): the every-edge components join map 2's cells 0 and 1,
+    joined_given_blocks keeps map 2's three cells apart, each held by both given maps.  So joined_given_blocks is the
+    finer and kept, components_of_every_edge dropped; and maps apart by float32 rounding agree (≤ 1e-13)."""
+    t = torch.tensor
+    h = ca.Graph.from_edges([3, 3, 3, 3, 2, 3], [(0, 2, t([0, 1, 2])), (1, 2, t([0, 1, 2])), (3, 2, t([0, 1, 2])),
+                                                 (3, 4, t([0, 0, 1])), (5, 4, t([0, 0, 1])), (5, 2, t([0, 1, 2]))])
+    mask = (True, True, False, False, False, False)
+    _, joined, every_edge = given_maps._given_structure(h, mask)
+    assert every_edge is None and joined is not None and joined[0].tolist() == joined[1].tolist() == [0, 1, 2]
+    assert given_maps.components_of_every_edge(h, mask)[0].tolist() == [0, 0, 1]
+    p = torch.softmax(torch.randn(2, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64), -1)
+    wide = [given_maps.normalised(p.float().double()), given_maps.normalised((p * (1 + 1e-7)).float().double()),
+            None, None, None, None]
+    assert _ca_rev280_joint_residual(h, given_maps.agreeing_given(h, wide)) <= 1e-13
+
+
+def test_ca_rev292_given_maps_pooled_into_scored_maps_only_agree_in_one_pass(monkeypatch):
+    """Given maps 0 and 1 (4 cells) pool by halves into scored map 2, given maps 3 and 4 (2 cells) into the one cell
+    of scored map 5; no map has given maps to pool onto (no fit), and the first pass leaves maps 0 and 1 agreeing on
+    map 2's cells and every component's mass: agreeing_given stops after that pass (one call of the first move).
+    Kills a distance from the mean that counts the given maps without cells in a component (their mass 0, ``m >= 0``
+    for ``m > 0`` in _mass_per_component: a second pass, each time)."""
+    h = ca.Graph.from_edges([4, 4, 2, 2, 2, 1], [(0, 2, torch.tensor([0, 0, 1, 1])), (1, 2, torch.tensor([0, 0, 1, 1])),
+                                                 (3, 5, torch.tensor([0, 0])), (4, 5, torch.tensor([0, 0]))])
+    p = torch.softmax(torch.randn(2, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64), -1)
+    r = torch.softmax(torch.randn(2, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64), -1)
+    wide = [given_maps.normalised(p.float().double()), given_maps.normalised((p * (1 + 1e-7)).float().double()),
+            None, r, r.flip(-1), None]
+    calls = []
+    first_move = given_maps._pooled_from_one_map
+    monkeypatch.setattr(given_maps, "_pooled_from_one_map", lambda *args: calls.append(1) or first_move(*args))
+    out = given_maps.agreeing_given(h, wide)
+    assert _ca_rev280_joint_residual(h, out) <= 1e-13 and len(calls) == 1
