@@ -17,7 +17,8 @@ from ._ops import sample_dims
 from .graph import Graph
 
 __all__ = ["normalised", "agreeing_given", "agreement_factors", "given_reach", "joined_given_blocks",
-           "components_of_every_edge", "REACH_PATHS", "AGREEMENT_PASSES", "AGREEMENT_MOVE"]
+           "components_of_every_edge", "consistency_constraints", "REACH_PATHS", "AGREEMENT_PASSES",
+           "AGREEMENT_MOVE", "PROJECTION_LIMIT", "PROJECTION_ENTRIES"]
 
 
 def normalised(q: Tensor) -> Tensor:
@@ -47,6 +48,13 @@ REACH_PATHS = 2
 #: did before.
 AGREEMENT_PASSES = 50
 AGREEMENT_MOVE = 32 * torch.finfo(torch.float64).eps
+#: The largest structure whose consistency constraints :func:`consistency_constraints` builds
+#: (dense, float64): ``rows² × scored cells`` of every edge's equations, about the SVD's cost
+#: (1e9: under a second), and ``rows × cells`` (2^22: 32 MB per matrix; a star of four 64² leaves
+#: would have held 545 MB, and its check of the constraints cost 40 ms a call against 4.5 for
+#: the passes).  Larger structures are agreed by the passes alone.
+PROJECTION_LIMIT = 10 ** 9
+PROJECTION_ENTRIES = 2 ** 22
 
 
 def given_reach(h: Graph, mask: Sequence[bool]) -> tuple[list[list], list[list]]:
@@ -163,6 +171,73 @@ def components_of_every_edge(h: Graph, mask: Sequence[bool]) -> dict[int, Tensor
 
 
 @functools.lru_cache(maxsize=16)
+def consistency_constraints(h: Graph, mask: tuple[bool, ...]) -> tuple[Tensor, list[int], dict[int, int]] | None:
+    """``(C, given maps, offsets)``: the linear constraints the given maps' values must meet for
+    some scored maps to pool onto them all, ``C q = 0`` for ``q`` the given maps' cells stacked
+    in map order (``offsets[k]``: where map ``k``'s start), ``C`` with orthonormal rows (float64,
+    on the CPU).  Every edge's equations ``P_e u_a − u_b = 0`` split into the scored maps'
+    columns ``A`` and the given maps' ``G``; the constraints are ``Nᵀ G`` for ``N`` the left
+    null space of ``A`` (dense SVDs).  None where there are none, or where the structure is
+    larger than :data:`PROJECTION_LIMIT` or :data:`PROJECTION_ENTRIES` allow (read when a
+    structure is first built: cached)."""
+    scored = [k for k in range(h.num_maps) if not mask[k]]
+    given = [k for k in range(h.num_maps) if mask[k]]
+    rows = sum(h.sizes[b] for _, b in h.edges)
+    n_scored, n_given = sum(h.sizes[k] for k in scored), sum(h.sizes[k] for k in given)
+    if not given or not rows or rows ** 2 * max(n_scored, 1) > PROJECTION_LIMIT or \
+            rows * (n_scored + n_given) > PROJECTION_ENTRIES:
+        return None
+    offsets = {}
+    for group in (scored, given):
+        start = 0
+        for k in group:
+            offsets[k], start = start, start + h.sizes[k]
+    A = torch.zeros(rows, n_scored, dtype=torch.float64)
+    Gm = torch.zeros(rows, n_given, dtype=torch.float64)
+    first = 0
+    for e, (a, b) in enumerate(h.edges):
+        for k, cells, sign in ((a, first + h._cpu_parents(e), 1.0), (b, first + torch.arange(h.sizes[b]), -1.0)):
+            (Gm if mask[k] else A).index_put_((cells, offsets[k] + torch.arange(h.sizes[k])),
+                                             torch.full((h.sizes[k],), sign, dtype=torch.float64), accumulate=True)
+        first += h.sizes[b]
+    if n_scored:
+        U, S, _ = torch.linalg.svd(A, full_matrices=True)
+        rank = int((S > float(S.max()) * rows * 1e-14).sum()) if S.numel() else 0
+        C = U[:, rank:].T @ Gm
+    else:
+        C = Gm
+    if not C.shape[0]:
+        return None
+    _, S, Vh = torch.linalg.svd(C, full_matrices=False)  # (an orthonormal basis of its rows)
+    C = Vh[S > 1e-10 * max(1.0, float(S.max()))]
+    if not C.shape[0]:
+        return None
+    return C, given, {k: offsets[k] for k in given}
+
+
+def _projected(h: Graph, mask: tuple[bool, ...], flat: dict) -> None:
+    """:func:`agreeing_given`'s last step, on ``flat`` in place: where the given maps still break
+    a constraint of :func:`consistency_constraints` by more than :data:`AGREEMENT_MOVE`, their
+    projection onto the consistent ones weighted by their values (``q − D Cᵀ (C D Cᵀ)⁻¹ C q``,
+    ``D = diag q``, so that a cell moves in proportion to itself), each map then renormalised
+    (related maps' totals agree, so the constraints, homogeneous, still hold)."""
+    built = consistency_constraints(h, mask)
+    if built is None:
+        return
+    C, given, offsets = built
+    q = torch.cat([flat[k] for k in given], 1)
+    C = C.to(q.device)
+    broken = q @ C.T
+    if not float(broken.abs().max()) > AGREEMENT_MOVE:  # (NaN: left to the solve's checks)
+        return
+    weighted = torch.einsum("kn,bn,jn->bkj", C, q, C)
+    moved = q - q * (torch.linalg.solve(weighted, broken.unsqueeze(-1)).squeeze(-1) @ C)
+    for k in given:
+        part = moved[:, offsets[k]:offsets[k] + h.sizes[k]]
+        flat[k] = part / part.sum(1, keepdim=True)
+
+
+@functools.lru_cache(maxsize=16)
 def _given_structure(h: Graph, mask: tuple[bool, ...]) -> tuple[tuple[list, list], dict | None, dict | None]:
     """:func:`given_reach`, :func:`joined_given_blocks` and :func:`components_of_every_edge` of
     ``(h, mask)``, built once: they depend on the structure alone, and :func:`agreeing_given`
@@ -273,6 +348,7 @@ def agreeing_given(h: Graph, given: Sequence[Tensor | None]) -> list[Tensor | No
                                    + [_mass_per_component(ids, flat, batch, scale=False)
                                       for ids in groupings]) > AGREEMENT_MOVE:
             break
+    _projected(h, mask, flat)
     for k, q in enumerate(given):
         if q is not None:
             out[k] = flat[k].reshape(q.shape)
