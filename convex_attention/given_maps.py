@@ -322,8 +322,8 @@ def agreeing_given(h: Graph, given: Sequence[Tensor | None]) -> list[Tensor | No
     apart on the centre, and the solve refused (ca_rev282)."""
     mask = tuple(q is not None for q in given)
     reach, joined, every_edge = _given_structure(h, mask)
-    if joined is None and every_edge is None:
-        return None
+    if joined is None and every_edge is None and consistency_constraints(h, mask) is None:
+        return None  # (a relation that no grouping holds, a difference of cells, is still projected: ca_rev293)
     out = list(given)
     batch = next(q for q in given if q is not None).shape[0]
     flat = {k: q.reshape(batch, -1) for k, q in enumerate(given) if q is not None}

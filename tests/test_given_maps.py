@@ -822,3 +822,19 @@ def test_ca_rev293_consistency_constraints_of_a_star_and_the_size_limit(monkeypa
         assert given_maps.consistency_constraints(h, mask) is None
     finally:
         given_maps.consistency_constraints.cache_clear()
+
+
+def test_ca_rev293_a_relation_no_grouping_holds_is_still_projected(monkeypatch):
+    """agreeing_given returns None only where no grouping relates the given maps AND no constraint binds them: with
+    both groupings made None, :func:`_ca_rev292_difference`'s maps (seed 0, 2.6e-9 apart) still agree (≤ 1e-13) by the
+    projection alone; returning None there left them apart."""
+    monkeypatch.setattr(given_maps, "joined_given_blocks", lambda *args, **kwargs: None)
+    monkeypatch.setattr(given_maps, "components_of_every_edge", lambda *args, **kwargs: None)
+    given_maps._given_structure.cache_clear()
+    try:
+        h, wide = _ca_rev292_difference(0)
+        assert given_maps._given_structure(h, tuple(q is not None for q in wide))[1:] == (None, None)
+        out = given_maps.agreeing_given(h, wide)
+        assert out is not None and _ca_rev280_joint_residual(h, out) <= 1e-13
+    finally:
+        given_maps._given_structure.cache_clear()
