@@ -838,3 +838,23 @@ def test_ca_rev293_a_relation_no_grouping_holds_is_still_projected(monkeypatch):
         assert out is not None and _ca_rev280_joint_residual(h, out) <= 1e-13
     finally:
         given_maps._given_structure.cache_clear()
+
+
+# ---- ca_rev294 (hostile review of ca_rev293)
+
+
+def test_ca_rev294_a_far_apart_sample_is_projected_renormalised_and_its_factors_dropped():
+    """:func:`_ca_rev292_difference` (seed 0), sample 1's map 2 moved 0.01 above map 1 on cell 0 (their difference,
+    map 4's cell 0, negative): the projection moves that sample far (every map still sums to one, and both samples
+    agree: kills dropping the renormalisation, whose totals were off by 2.5e-2), and agreement_factors keeps sample 0's
+    factors and leaves sample 1's at one (beyond ``allowed``).  (A sample further apart can come back negative, e.g.
+    -0.998: only agreement_factors' filter keeps it out of the solve, which reports such maps.)"""
+    h, wide = _ca_rev292_difference(0)
+    wide[2][1, 0] = wide[1][1, 0] + 0.01
+    wide[2][1, 1] = 1 - wide[2][1, 0]
+    out = given_maps.agreeing_given(h, wide)
+    assert _ca_rev280_joint_residual(h, out) <= 1e-13
+    for q in out:
+        assert q is None or float((q.sum(1) - 1).abs().max()) <= 1e-15
+    factors = given_maps.agreement_factors(h, wide, floor=1e-10, allowed=1e-6)
+    assert all(bool((f[1] == 1).all()) and float((f[0] - 1).abs().max()) > 1e-10 for f in factors.values())
