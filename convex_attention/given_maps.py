@@ -319,7 +319,11 @@ def agreeing_given(h: Graph, given: Sequence[Tensor | None]) -> list[Tensor | No
     no map pools onto them all, and a float64 solve drifts its duals without bound (to 8.4e17,
     its gradient 62 % off: ca_rev111).  With the components' masses alone, a star's given leaves
     pooled onto a centre that pools on into a coarser map agreed on the coarser map only, 6.8e-10
-    apart on the centre, and the solve refused (ca_rev282)."""
+    apart on the centre, and the solve refused (ca_rev282).  After the passes, where a constraint
+    of :func:`consistency_constraints` is still broken (a relation no move enforces: a difference
+    of cells, ca_rev292), the given maps are projected onto the consistent ones
+    (:func:`_projected`, ca_rev293); a structure too large for those constraints relies on the
+    passes alone."""
     mask = tuple(q is not None for q in given)
     reach, joined, every_edge = _given_structure(h, mask)
     if joined is None and every_edge is None and consistency_constraints(h, mask) is None:
