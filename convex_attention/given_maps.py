@@ -114,17 +114,28 @@ def joined_given_blocks(h: Graph, mask: Sequence[bool], reach=None) -> dict[int,
             dst.append(offset[m] + torch.arange(h.sizes[m]))
     if not src:
         return None
+    return _components_of(torch.cat(src).numpy(), torch.cat(dst).numpy(), total,
+                          {k: (o, h.sizes[k]) for k, o in offset.items()})
+
+
+def _components_of(src, dst, total: int, spans: dict[int, tuple[int, int]]) -> dict[int, Tensor]:
+    """The connected components of the graph of ``total`` nodes linked by ``src[i]`` – ``dst[i]``
+    (numpy arrays; scipy), numbered 0, 1, … over the nodes that ``spans`` (``{given map: (first
+    node, cells)}``) names: ``{given map: (cells,) component ids}``."""
     import numpy as np
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
-    a, b = torch.cat(src).numpy(), torch.cat(dst).numpy()
     # (label propagation took sweeps that grow with the map where blocks are numbered at random:
     # 1,507 at 4,096 cells, 21,717 at 65,536, ca_rev113)
-    _, found = connected_components(coo_matrix((np.ones(len(a)), (a, b)), shape=(total, total)), directed=False)
-    given_nodes = sum(h.sizes[k] for k in offset)
-    _, labels = torch.unique(torch.from_numpy(found[:given_nodes]).long(), return_inverse=True)
-    return {k: labels[o:o + h.sizes[k]] for k, o in offset.items()}
+    _, found = connected_components(coo_matrix((np.ones(len(src)), (src, dst)), shape=(total, total)),
+                                    directed=False)
+    _, labels = torch.unique(torch.from_numpy(np.concatenate([found[o:o + n] for o, n in spans.values()])).long(),
+                             return_inverse=True)
+    ids, start = {}, 0
+    for k, (_, n) in spans.items():
+        ids[k], start = labels[start:start + n], start + n
+    return ids
 
 
 def components_of_every_edge(h: Graph, mask: Sequence[bool]) -> dict[int, Tensor] | None:
@@ -140,8 +151,6 @@ def components_of_every_edge(h: Graph, mask: Sequence[bool]) -> dict[int, Tensor
     relates given maps that :func:`given_reach` does not (two given maps hanging off two scored
     maps that meet at a third: ca_rev288's strict xfail, now a test)."""
     import numpy as np
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
 
     edges = list(range(len(h.edges)))
     while True:  # (the scored maps with one edge left, until none is)
@@ -156,14 +165,9 @@ def components_of_every_edge(h: Graph, mask: Sequence[bool]) -> dict[int, Tensor
     offsets = np.cumsum([0] + list(h.sizes))
     src = np.concatenate([offsets[h.edges[e][0]] + np.arange(h.sizes[h.edges[e][0]]) for e in edges])
     dst = np.concatenate([offsets[h.edges[e][1]] + h._cpu_parents(e).numpy() for e in edges])
-    total = int(offsets[-1])
-    _, found = connected_components(coo_matrix((np.ones(len(src)), (src, dst)), shape=(total, total)), directed=False)
-    _, labels = torch.unique(torch.from_numpy(np.concatenate([found[offsets[k]:offsets[k + 1]] for k in given])).long(),
-                             return_inverse=True)
-    ids, start = {}, 0
-    for k in given:
-        ids[k], start = labels[start:start + h.sizes[k]], start + h.sizes[k]
-    holds = torch.stack([torch.bincount(c, minlength=int(labels.max()) + 1) for c in ids.values()])  # (maps, comps)
+    ids = _components_of(src, dst, int(offsets[-1]), {k: (int(offsets[k]), h.sizes[k]) for k in given})
+    components = int(max(int(c.max()) for c in ids.values())) + 1
+    holds = torch.stack([torch.bincount(c, minlength=components) for c in ids.values()])  # (maps, components)
     sizes = torch.tensor([h.sizes[k] for k in given]).unsqueeze(1)
     partly = (holds > 0) & (holds < sizes)  # a map with some, not all, of its cells in the component
     shared = (holds > 0).sum(0) >= 2
@@ -265,9 +269,17 @@ def _implied(finer: dict[int, Tensor], coarser: dict[int, Tensor]) -> bool:
     if len(torch.unique(pairs[0])) != pairs.shape[1]:  # (a finer component split over two coarser ones)
         return False
     inside = dict(zip(pairs[0].tolist(), pairs[1].tolist()))
-    held_finer = {int(c): {k for k, ids in finer.items() if bool((ids == c).any())} for c in pairs[0]}
-    held_coarser = {int(c): {k for k, ids in coarser.items() if bool((ids == c).any())} for c in pairs[1]}
+    held_finer, held_coarser = _holders(finer), _holders(coarser)
     return all(held_finer[f] == held_coarser[inside[f]] for f in held_finer)
+
+
+def _holders(ids: dict[int, Tensor]) -> dict[int, set[int]]:
+    """``{component: the given maps holding cells in it}`` of ``{given map: component ids}``."""
+    held: dict[int, set[int]] = {}
+    for k, c in ids.items():
+        for component in torch.unique(c).tolist():
+            held.setdefault(component, set()).add(k)
+    return held
 
 
 def _least_squares_cells(size: int, parents: Sequence[Tensor], pools: Sequence[Tensor]) -> Tensor:
