@@ -967,6 +967,14 @@ def _sizes(out: Sequence[Tensor], keep: Tensor | None = None) -> Tensor:
     return sizes if keep is None else sizes * keep.to(sizes.device, sizes.dtype)
 
 
+def _moved_by(hess: DualHessian, probs: Sequence[Tensor], temps: Sequence[float], delta: Tensor, given,
+              keep: Tensor | None) -> Tensor:
+    """How far ``w + delta`` moves each map's gradient from ``w``'s, ``(B, M)`` (:func:`_sizes`:
+    0 for a map ``keep`` leaves out): ``J_k A_k delta``, a given map's ``A_k delta``."""
+    zeros = [torch.zeros_like(p) for p in probs]
+    return _sizes(_formed(hess, probs, temps, zeros, zeros, -delta, given)[0], keep)
+
+
 def _reached_by_rounding(hess: DualHessian, probs: Sequence[Tensor], temps: Sequence[float], w: Tensor, rhs: Tensor,
                          given, keep: Tensor, held: Tensor, tol: float, max_iter: int, dense_limit: int) -> Tensor:
     """Per sample, ``(B,)`` bool: whether the rounding that the system at ``w`` carries can move
@@ -992,8 +1000,7 @@ def _reached_by_rounding(hess: DualHessian, probs: Sequence[Tensor], temps: Sequ
     delta, _, _, ok = solve_psd(hess, wide, temps, e / size.unsqueeze(1), 1e-2, max_iter,
                                 max(dense_limit, DENSE_FALLBACK_LIMIT), spectral=spectral, stop_stalled=spectral)
     ok = (ok | spectral) & torch.isfinite(delta).all(1)
-    zeros = [torch.zeros_like(p) for p in wide]
-    moved = _sizes(_formed(hess, wide, temps, zeros, zeros, -delta * size.unsqueeze(1), given)[0], keep)
+    moved = _moved_by(hess, wide, temps, delta * size.unsqueeze(1), given, keep)
     reached = ~ok | (moved > tol * held.to(moved).repeat(ROUNDING_PROBES, 1)).any(1)
     return reached.reshape(ROUNDING_PROBES, batch).any(0)
 
@@ -1161,8 +1168,7 @@ def _refined(hess: DualHessian, probs, temps, grads, centred, rhs: Tensor, w: Te
         # residual of 3e3 made w worse: a review), nor is its sample settled by it
         delta = torch.where(ok.unsqueeze(1), delta, torch.zeros_like(delta)).to(wide) * size.unsqueeze(1)
         w_w[rows] = w_w[rows] + delta
-        moved = _sizes(_formed(hess, sub_w, temps, [torch.zeros_like(v[rows]) for v in grads_w],
-                               [torch.zeros_like(c[rows]) for c in centred_w], -delta, given)[0], keep)
+        moved = _moved_by(hess, sub_w, temps, delta, given, keep)
         formed, _ = _formed(hess, sub_w, temps, [v[rows] for v in grads_w], [c[rows] for c in centred_w],
                             w_w[rows], given)
         for k in range(len(out)):
