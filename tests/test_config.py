@@ -649,4 +649,5 @@ def test_both_batch_of_one_refusals_name_the_block_that_ends_the_encoder(monkeyp
         with pytest.raises(config_module.ConfigError, match=f"BatchNorm after block {block} sees a 1x1 map"):
             config_module.TrainConfig.build(**small, batch_size=1).validate()
         with pytest.raises(config_module.ConfigError, match=f"BatchNorm after block {block} sees a 1x1 map"):
-            train_module.check_no_batch_of_one(config_module.TrainConfig.build(**small, batch_size=4), 2, 2)
+            train_module.check_no_batch_of_one(config_module.TrainConfig.build(**small, batch_size=4), ([0, 1], None),
+                                               2)

@@ -43,7 +43,6 @@ from ..paper.config import (
     ExperimentConfig,
     ModelConfig,
     TrainConfig,
-    batchnorm_of_one_value,
 )
 from ._common import (
     CommandParser,
@@ -578,9 +577,7 @@ def cmd_train(args) -> int:
         except ValueError as err:
             raise UsageError(f"the data: {err}") from None
         try:  # (train() refuses it too: there it had been a traceback, after --overwrite removed the earlier run)
-            if batchnorm_of_one_value(config.model):  # (the training images counted only where they matter)
-                n_train = len(datasets[0])  # type: ignore[arg-type]  # (every dataset here has a length)
-                check_no_batch_of_one(config, n_train, _distributed()[0])
+            check_no_batch_of_one(config, datasets, _distributed()[0])
         except ConfigError as err:  # --n-train where it sets the training images; the user's data otherwise
             raise (_config_error(_subparser("train"), err) if config.data in SYNTHETIC_SOURCES else
                    UsageError(f"the data: {err}")) from None

@@ -615,7 +615,7 @@ def train(config: TrainConfig, datasets: tuple[Dataset, Dataset] | None = None, 
             datasets = build_checked_datasets(config)
         elif not isinstance(datasets, CheckedData):
             check_data(config, *datasets)
-        check_no_batch_of_one(config, len(cast(Sized, datasets[0])), _distributed()[0])
+        check_no_batch_of_one(config, datasets, _distributed()[0])
     except BaseException:
         if agreeing and dist.is_initialized():
             _destroy_process_group()  # started by _agree_on_the_resume: closed as _Run.close_group would
@@ -637,15 +637,19 @@ def train(config: TrainConfig, datasets: tuple[Dataset, Dataset] | None = None, 
             "model": run.model}
 
 
-def check_no_batch_of_one(config: TrainConfig, n_train: int, world: int) -> None:
+def check_no_batch_of_one(config: TrainConfig, datasets, world: int) -> None:
     """No rank trains on a batch of one image where the model's BatchNorm sees a 1×1 map
-    (:func:`~convex_attention.paper.config.batchnorm_of_one_value`).  The configuration refuses
-    ``n_train`` 1 and ``batch_size`` 1; here the training set is known, and so is the world size:
+    (:func:`~convex_attention.paper.config.batchnorm_of_one_value`; only there are the training
+    images, ``datasets[0]``, counted: the command's tests stub the datasets).  The configuration
+    refuses ``n_train`` 1 and ``batch_size`` 1; here the training set is known, and so is the world size:
     ``n_train`` images over ``world`` ranks, with no more than ``batch_size × world`` of them, are
     one batch of ``ceil(n_train / world)`` images per rank (the DistributedSampler pads, nothing is
     dropped), one image where ``n_train ≤ world``: every rank had ended in torch's BatchNorm
     traceback in its first step."""
-    if batchnorm_of_one_value(config.model) and n_train <= world:
+    if not batchnorm_of_one_value(config.model):
+        return
+    n_train = len(cast(Sized, datasets[0]))
+    if n_train <= world:
         raise ConfigError("n_train", f"{n_train} training image(s) over {world} rank(s) give each rank batches of "
                                      f"one image, and {batchnorm_of_one_reason(config.model)}; use more than {world} "
                                      f"training image(s), norm group, or a larger image size")
