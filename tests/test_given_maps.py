@@ -454,11 +454,11 @@ def test_ca_rev280_given_maps_of_random_structures_agree_by_an_independent_least
         assert max(float((a - w).abs().max()) for a, w in zip(out, wide) if w is not None) <= 1e-7
 
 
-def _agreed_draws(rng, draw, count: int, adjacent: bool):
+def _agreed_draws(rng, draw, count: int, adjacent: bool, rounded: bool = True):
     """``count`` draws of ``(graph, given maps, agreeing_given of them)``: a structure ``draw(rng)`` (``(graph, labels,
     base cells)`` or None), half its maps given (never two adjacent ones unless ``adjacent``; at least two), pooled from
-    one float64 map of the base (batch 2) and rounded to float32 apart; structures none of whose given maps are related
-    are drawn again."""
+    one float64 map of the base (batch 2) and rounded to float32 apart (consistent, where not ``rounded``); structures
+    none of whose given maps are related are drawn again."""
     checked = 0
     while checked < count:
         drawn = draw(rng)
@@ -469,8 +469,9 @@ def _agreed_draws(rng, draw, count: int, adjacent: bool):
         if mask.sum() < 2 or (not adjacent and any(mask[a] and mask[b] for a, b in h.edges)):
             continue
         p = torch.softmax(3 * torch.from_numpy(rng.standard_normal((2, n0))), -1)
-        wide = [given_maps.normalised(_ca_rev280_pool(p, labels[k], h.sizes[k]).float().double()) if mask[k]
-                else None for k in range(h.num_maps)]
+        pools = [_ca_rev280_pool(p, labels[k], h.sizes[k]) for k in range(h.num_maps)]
+        wide = [given_maps.normalised(q.float().double() if rounded else q) if mask[k] else None
+                for k, q in enumerate(pools)]
         out = given_maps.agreeing_given(h, wide)
         if out is None:
             continue
@@ -783,23 +784,8 @@ def test_ca_rev293_the_projection_agrees_what_the_passes_leave_apart_and_only_th
         with monkeypatch.context() as m:
             m.setattr(given_maps, "_projected", lambda *args: None)
             assert _ca_rev280_joint_residual(h, given_maps.agreeing_given(h, wide)) > 1e-10
-    rng = np.random.default_rng(11)
-    checked = 0
-    while checked < 30:
-        drawn = _ca_rev288_several_finest_maps(rng)
-        if drawn is None:
-            continue
-        h, labels, n0 = drawn
-        mask = rng.random(h.num_maps) < 0.5
-        if mask.sum() < 2:
-            continue
-        p = torch.softmax(3 * torch.from_numpy(rng.standard_normal((2, n0))), -1)
-        exact = [given_maps.normalised(_ca_rev280_pool(p, labels[k], h.sizes[k])) if mask[k] else None
-                 for k in range(h.num_maps)]
-        out = given_maps.agreeing_given(h, exact)
-        if out is None:
-            continue
-        checked += 1
+    for _, exact, out in _agreed_draws(np.random.default_rng(11), _ca_rev288_several_finest_maps, 30, adjacent=True,
+                                       rounded=False):
         assert max(float((a - w).abs().max()) for a, w in zip(out, exact) if w is not None) <= 1e-15
 
 
